@@ -1,0 +1,620 @@
+"""The run configuration: dataclasses are the schema, YAML presets the values.
+
+Every field has a one-line docstring (the string literal under it). Unknown keys are errors, and
+cross-field checks live in ``__post_init__`` so a bad config fails when it is loaded, not an hour
+into a run. Presets live in ``vlsa/presets/*.yaml``; a preset may name another as ``base`` and
+override part of it. Command lines and Tune spaces address fields by dotted paths
+(``train.stages.0.global_batch=8``, ``model.projector.self_attention=false``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a valid run."""
+
+
+def _check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {choices}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ComponentConfig:
+    """A pretrained part loaded with ``from_pretrained``."""
+
+    path: str = ""
+    """Local directory or ``s3://`` prefix of a ``save_pretrained`` directory; empty: build from ``init``."""
+    subfolder: str = ""
+    """Subfolder of ``path`` holding this part (e.g. ``transformer`` of an SD3 pipeline directory)."""
+    init: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the part's config class for a random instance (tiny and benchmark sizes)."""
+
+    def defined(self) -> bool:
+        return bool(self.path or self.init)
+
+
+@dataclass
+class VisionConfig(ComponentConfig):
+    """The vision tower (CLIP or SigLIP vision transformer)."""
+
+    kind: str = "clip"
+    """Model class: ``clip`` (CLIPVisionModel) or ``siglip`` (SiglipVisionModel)."""
+    select_layer: int = -2
+    """Hidden-state layer whose patch tokens are used (-2: the penultimate layer, as LLaVA)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.vision.kind", self.kind, ("clip", "siglip"))
+
+
+@dataclass
+class LLMConfig(ComponentConfig):
+    """The language model (any ``AutoModelForCausalLM``)."""
+
+    max_length: int = 2048
+    """Longest token sequence (text + visual tokens) a sample may have."""
+
+
+@dataclass
+class TokenizerConfig:
+    """The tokenizer; the image and SSFT marker tokens are added to it as special tokens."""
+
+    path: str = ""
+    """``from_pretrained`` directory or ``s3://`` prefix; empty: train a byte-level BPE offline."""
+    vocab_size: int = 512
+    """Vocabulary size of the offline BPE (ignored when ``path`` is set)."""
+    chat_template: str = ""
+    """Jinja chat template to set when the tokenizer has none (empty: keep the tokenizer's)."""
+
+
+@dataclass
+class EncodingConfig:
+    """Compressive encoding input (Sec. 3.1): pad, split into tiles X_Hi, downsample to X_Lo."""
+
+    max_tiles: int = 4
+    """Cap on the number of tiles m; larger images are resized first."""
+
+    def __post_init__(self) -> None:
+        _check_positive("model.encoding.max_tiles", self.max_tiles)
+
+
+PROJECTORS = ("sa_perceiver", "mlp2x_gelu", "anyres", "qformer", "pixel_unshuffle")
+
+
+@dataclass
+class ProjectorConfig:
+    """The vision-language projector: the SA-Perceiver or a baseline (Tab. 8-9)."""
+
+    type: str = "sa_perceiver"
+    """One of sa_perceiver, mlp2x_gelu (LLaVA, low-res view), anyres (LLaVA-NeXT), qformer, pixel_unshuffle."""
+    heads: int = 16
+    """Attention heads of the perceiver / resampler (d_h = d / heads)."""
+    self_attention: bool = True
+    """SA-Perceiver Eq. 2 self-attention; false is ablation ex1."""
+    full_projections: bool = False
+    """Separate q/k/v/o projections in both attentions; true is ablation ex2."""
+    global_embedding: str = "query"
+    """P from the learnable query (``query``) or mean pooling of V (``pool``, ablation ex3)."""
+    num_queries: int = 0
+    """Q-former queries (0: as many as low-res tokens l)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.projector.type", self.type, PROJECTORS)
+        _check_choice("model.projector.global_embedding", self.global_embedding, ("query", "pool"))
+        _check_positive("model.projector.heads", self.heads)
+
+
+@dataclass
+class EpigoneConfig:
+    """Epigone (Eq. 4): low-rank MLP from the projector outputs to the denoiser's conditioning."""
+
+    rank: int = 256
+    """Intermediate width of the two-layer MLP (App. B.1)."""
+
+
+@dataclass
+class ReconConfig:
+    """Reconstructive training with an LDM (Eq. 3): SD3 MMDiT denoiser and frozen VAE."""
+
+    enabled: bool = True
+    """Compute L_rec; false removes the denoiser, VAE and Epigone (LLaVA baselines)."""
+    conditioning: str = "projector"
+    """Cue for the denoiser: ``projector`` outputs (VLSA) or ``llm_hidden`` states over the image span (ROSS, ex25)."""
+    denoiser: ComponentConfig = field(default_factory=ComponentConfig)
+    """``SD3Transformer2DModel``; initialised from SD3-medium when a path is given."""
+    vae: ComponentConfig = field(default_factory=ComponentConfig)
+    """Frozen ``AutoencoderKL`` (16 latent channels in SD3)."""
+    image_size: int = 336
+    """Side of the square image the VAE encodes; latent side = image_size / vae downsampling."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal timestep distribution (SD3)."""
+    logit_std: float = 1.0
+    """Std of the logit-normal timestep distribution (SD3)."""
+    sample_steps: int = 28
+    """Euler steps of the multi-step ``sample()`` used for reconstruction grids."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.recon.conditioning", self.conditioning, ("projector", "llm_hidden"))
+        _check_positive("model.recon.image_size", self.image_size)
+
+
+@dataclass
+class VDEPConfig:
+    """VDEP objective (paper 003): LLM hidden states at image positions regress projector outputs."""
+
+    enabled: bool = False
+    """Add alpha * L_vdep to the loss."""
+    alpha: float = 0.001
+    """Weight alpha of L_vdep."""
+    autoregressive: bool = True
+    """Hidden state at image position i regresses the projector output at i+1 (false: same position)."""
+    split_batch: bool = True
+    """In pre-training, half of each batch in VDEP mode and half in plain mode (as the paper)."""
+
+
+@dataclass
+class ModelConfig:
+    """The full model: vision tower -> projector -> LLM, plus the training-only heads."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    """Vision tower."""
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    """Compressive encoding input."""
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    """Vision-language projector."""
+    epigone: EpigoneConfig = field(default_factory=EpigoneConfig)
+    """Epigone."""
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    """Reconstruction head."""
+    vdep: VDEPConfig = field(default_factory=VDEPConfig)
+    """VDEP objective."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """Language model."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Tokenizer."""
+    vq: ComponentConfig = field(default_factory=ComponentConfig)
+    """Frozen VQ-VAE (``diffusers.VQModel``) whose codebook indices label cognition alignment."""
+    vq_image_size: int = 672
+    """Side of the square image the VQ-VAE encodes; its quarters give the VQ targets (Tab. 20: 672 -> 1764 per quarter)."""
+    cache_dir: str = "~/.cache/vlsa"
+    """Where ``s3://`` components are downloaded and tiny random components are saved."""
+    seed: int = 0
+    """Seed of the random initialisation of components built from ``init``."""
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml")
+
+
+@dataclass
+class DecodeConfig:
+    """Safe image decoding limits, shared by training and labeling."""
+
+    formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+    """Allowed image formats (as PIL names them)."""
+    max_pixels: int = 64_000_000
+    """Largest width*height accepted (decompression-bomb guard)."""
+    max_bytes: int = 64 * 1024 * 1024
+    """Largest encoded file accepted."""
+
+
+@dataclass
+class SSFTConfig:
+    """Cognition alignment (Sec. 3.2): VQ-index and pixel-value question/answer pairs."""
+
+    p_vq: float = 0.0
+    """Probability that a sample gets a VQ-index turn pair."""
+    p_px: float = 0.0
+    """Probability that a sample gets a pixel-value turn pair."""
+    max_target_tokens: int = 1024
+    """Token budget of one SSFT answer; larger targets use a smaller region or a strided grid."""
+    vq_encoding: str = "text"
+    """VQ indices as text numbers (``text``, the paper) or one new token per code (``tokens``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("p_vq", "p_px"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"ssft.{name} must be in [0, 1], got {value}")
+        _check_choice("ssft.vq_encoding", self.vq_encoding, ("text", "tokens"))
+        _check_positive("ssft.max_target_tokens", self.max_target_tokens)
+
+
+@dataclass
+class DataConfig:
+    """One stage's training data."""
+
+    train: str = ""
+    """LLaVA JSON or JSONL file (local or ``s3://``); empty in the tiny preset: the generated demo set."""
+    image_root: str = ""
+    """Folder or ``s3://`` prefix that image paths are relative to."""
+    labels: str = ""
+    """Labels written by ``ray_jobs/label.py``; empty: compute labels in-process (small runs)."""
+    template: str = "plain"
+    """Chat template: plain (Stage I), vicuna_v1, llama3, chatml."""
+    reject_threshold: float = 0.05
+    """Stop with an error when more than this fraction of records is rejected."""
+    ssft: SSFTConfig = field(default_factory=SSFTConfig)
+    """Cognition-alignment augmentation of this stage's conversations."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data.template", self.template, TEMPLATES)
+        if not 0.0 <= self.reject_threshold <= 1.0:
+            raise ConfigError(f"data.reject_threshold must be in [0, 1], got {self.reject_threshold}")
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+MODULES = ("vision", "projector", "llm", "epigone", "denoiser")
+
+
+@dataclass
+class StageConfig:
+    """One training stage (Tab. 7): its data, trainable modules and hyper-parameters."""
+
+    name: str = "stage1"
+    """Stage name, used for MLflow nested runs and checkpoint folders."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data of this stage."""
+    lr: dict[str, float] = field(default_factory=lambda: {"projector": 1e-3, "epigone": 1e-3, "denoiser": 1e-3})
+    """Trainable modules and their learning rates; a module not named is frozen."""
+    global_batch: int = 128
+    """Samples per optimizer step over all workers (accumulation is derived from it)."""
+    micro_batch: int = 16
+    """Samples per worker per forward pass."""
+    epochs: float = 1.0
+    """Passes over the stage's data."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run the epochs)."""
+    warmup_ratio: float = 0.03
+    """Fraction of steps of linear warm-up before the cosine decay."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (2 for Stage I, 3 for Stage II by default)."""
+    w_lm: float = 1.0
+    """Weight of the language-modeling loss L."""
+    w_rec: float = 1.0
+    """Weight of the reconstruction loss L_rec."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.lr) - set(MODULES)
+        if unknown:
+            raise ConfigError(f"stage {self.name}: unknown modules in lr: {sorted(unknown)}; known: {MODULES}")
+        _check_choice(f"stage {self.name} zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _check_positive(f"stage {self.name} global_batch", self.global_batch)
+        _check_positive(f"stage {self.name} micro_batch", self.micro_batch)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"stage {self.name}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def accumulation(self, world_size: int) -> int:
+        """Gradient-accumulation steps so that micro_batch * accumulation * world_size == global_batch."""
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise ConfigError(
+                f"stage {self.name}: global_batch {self.global_batch} is not a multiple of "
+                f"micro_batch {self.micro_batch} x workers {world_size}"
+            )
+        return self.global_batch // per_step
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by all stages."""
+
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    """Stages run in order, each starting from the previous stage's weights."""
+    init_from: str = ""
+    """Checkpoint (local or ``s3://``) whose model weights the first stage starts from (e.g. a Stage I run)."""
+    seed: int = 0
+    """Seed of data order, augmentation and noise."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+    precision: str = "auto"
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
+    activation_checkpointing: bool = False
+    """Recompute LLM and vision activations in the backward pass."""
+    max_consecutive_skips: int = 5
+    """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N optimizer steps (0: at the end of each stage only)."""
+    num_workers: int = 2
+    """Data-loader worker processes per training worker (0: load in the training process)."""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("train.stages is empty")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"train.stages names repeat: {names}")
+        _check_choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+
+
+@dataclass
+class MLflowConfig:
+    """Experiment tracking."""
+
+    tracking_uri: str = ""
+    """MLflow tracking URI; empty: ``MLFLOW_TRACKING_URI`` or ``./mlruns``."""
+    experiment: str = "vlsa"
+    """Experiment name."""
+
+
+@dataclass
+class RunConfig:
+    """Where and how a job runs on Ray."""
+
+    name: str = "vlsa"
+    """Run name; a re-run with the same name continues the run."""
+    storage_path: str = "./runs"
+    """Local folder or ``s3://`` prefix for checkpoints and outputs."""
+    num_workers: int = 1
+    """Ray Train workers (one DeepSpeed engine each)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: int = 1
+    """Logical CPUs each worker reserves."""
+    max_failures: int = 2
+    """Worker failures tolerated (restart from the newest complete checkpoint)."""
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    """Experiment tracking."""
+
+
+# ------------------------------------------------------------------------------------- label/eval
+
+
+@dataclass
+class LabelConfig:
+    """The labeling job (VQ indices, pixel targets, VAE latents)."""
+
+    batch_size: int = 16
+    """Images per model call in a labeling actor."""
+    num_actors: int = 0
+    """Labeling actors (0: as many as the cluster's GPUs, or its CPUs minus those reading)."""
+    gpus_per_actor: float = 1.0
+    """GPUs each actor reserves when GPUs exist."""
+    rows_per_shard: int = 1024
+    """Rows of one output Parquet shard."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """Safe-decoding limits."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation and batch inference."""
+
+    data: str = ""
+    """Question file in the LLaVA question format; empty in the tiny preset: the demo held-out split."""
+    image_root: str = ""
+    """Folder or ``s3://`` prefix of the question images."""
+    template: str = "vicuna_v1"
+    """Chat template used to pose the questions."""
+    max_new_tokens: int = 16
+    """Greedy-decoding budget per answer (temperature 0, as the paper)."""
+    batch_size: int = 8
+    """Questions per model call."""
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.template", self.template, TEMPLATES)
+
+
+@dataclass
+class DemoConfig:
+    """The generated demo dataset used by the embedded default."""
+
+    train_images: int = 600
+    """Images of the instruction split (each gives several conversations)."""
+    eval_images: int = 150
+    """Images of the held-out split."""
+    min_side: int = 24
+    """Smallest image side in pixels."""
+    max_side: int = 96
+    """Largest image side in pixels."""
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training stages and shared training settings."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Ray and tracking settings."""
+    label: LabelConfig = field(default_factory=LabelConfig)
+    """Labeling job."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    """Generated demo data."""
+    preset: str = ""
+    """Name of the preset this config came from (informational)."""
+
+    def __post_init__(self) -> None:
+        self._check_components()
+        recon = self.model.recon
+        if recon.conditioning == "llm_hidden" and not recon.enabled:
+            raise ConfigError("model.recon.conditioning=llm_hidden needs model.recon.enabled=true")
+        for stage in self.train.stages:
+            if not recon.enabled and ({"denoiser", "epigone"} & set(stage.lr)):
+                raise ConfigError(f"stage {stage.name} trains denoiser/epigone but model.recon.enabled=false")
+
+    def _check_components(self) -> None:
+        model = self.model
+        needed = {"model.vision": model.vision, "model.llm": model.llm}
+        if model.recon.enabled:
+            needed |= {"model.recon.denoiser": model.recon.denoiser, "model.recon.vae": model.recon.vae}
+        if any(s.data.ssft.p_vq > 0 for s in self.train.stages):
+            needed["model.vq"] = model.vq
+        missing = [name for name, part in needed.items() if not part.defined()]
+        if missing:
+            raise ConfigError(f"these model parts need a `path` or an `init` config: {missing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are errors naming their path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown keys {unknown}; known: {sorted(known)}")
+    kwargs = {name: _convert(hints[name], value, f"{where}.{name}" if where else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(preset_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(preset_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{preset_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset or config file {preset_or_path!r}; presets: {list_presets()}")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if base in seen:
+        raise ConfigError(f"preset inheritance loops: {' -> '.join(seen + (base,))}")
+    return deep_merge(_read_yaml(base, seen + (base,)), data)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``; nested mappings merge, everything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in a nested dict/list structure; list items are addressed by index."""
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        node = _child(node, key, ".".join(keys[: i + 1]), create=True)
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(node, last, dotted)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, key: str, where: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, where)]
+    if key not in node:
+        if not create:
+            raise ConfigError(f"no config key {where}")
+        node[key] = {}
+    return node[key]
+
+
+def _index(node: list, key: str, where: str) -> int:
+    if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+        raise ConfigError(f"{where}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """``key=value`` strings to (key, YAML-parsed value) pairs."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return pairs
+
+
+def load_config(preset_or_path: str = "tiny", overrides: Iterable[str] | dict[str, Any] = ()) -> Config:
+    """Load a preset name or YAML path, apply dotted overrides, and validate.
+
+    ``overrides`` is a list of ``key=value`` strings (values parsed as YAML) or a mapping of dotted
+    keys to values (as Tune passes them).
+    """
+    data = _read_yaml(preset_or_path)
+    pairs = overrides.items() if isinstance(overrides, dict) else parse_overrides(overrides)
+    for key, value in pairs:
+        apply_override(data, key, value)
+    data.setdefault("preset", Path(preset_or_path).stem)
+    return from_dict(Config, data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config from ``Config.to_dict()`` (e.g. inside a Ray worker)."""
+    return from_dict(Config, copy.deepcopy(data))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict to dotted keys (for MLflow params and Tune spaces)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                out.update(flatten(item, f"{dotted}.{i}."))
+        else:
+            out[dotted] = value
+    return out

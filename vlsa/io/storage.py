@@ -1,0 +1,158 @@
+"""Local paths and ``s3://`` URIs behind one small API.
+
+Credentials come from the environment or the instance role, never from config files. An S3-compatible
+endpoint (a MinIO, or moto in tests) is selected with the standard ``AWS_ENDPOINT_URL`` /
+``AWS_ENDPOINT_URL_S3`` variables, which boto3 reads itself; the same value is passed to pyarrow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` -> (``bucket``, ``key/prefix``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client():
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint_url())
+
+
+def pyarrow_filesystem(uri: str):
+    """(filesystem, path) for pyarrow / Ray Data readers and writers."""
+    if not is_s3(uri):
+        return None, str(Path(uri).expanduser())
+    from pyarrow import fs
+
+    endpoint = endpoint_url()
+    kwargs = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs = {"endpoint_override": parsed.netloc or endpoint, "scheme": parsed.scheme or "https"}
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        kwargs["region"] = region
+    bucket, key = split_s3(uri)
+    return fs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(base).expanduser().joinpath(*parts))
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(uri).expanduser().read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically: readers never see a half-written local file."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        response = s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return any(obj["Key"] == key or obj["Key"].startswith(key.rstrip("/") + "/") for obj in response.get("Contents", []))
+    return Path(uri).expanduser().exists()
+
+
+def list_files(uri: str) -> Iterator[str]:
+    """Every file below a folder or prefix, as full URIs / paths, sorted."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        paginator = s3_client().get_paginator("list_objects_v2")
+        keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+        yield from (f"s3://{bucket}/{k}" for k in sorted(keys))
+        return
+    root = Path(uri).expanduser()
+    if root.is_dir():
+        yield from (str(p) for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local folder to a folder or ``s3://`` prefix (files in sorted order)."""
+    local_dir = Path(local_dir)
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(local_dir).as_posix()
+        if is_s3(uri):
+            bucket, key = split_s3(join(uri, rel))
+            s3_client().upload_file(str(path), bucket, key)
+        else:
+            target = Path(join(uri, rel))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy every file below an ``s3://`` prefix into ``local_dir`` (kept relative)."""
+    bucket, key = split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    local_dir = Path(local_dir)
+    client = s3_client()
+    found = False
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            found = True
+            target = local_dir / obj["Key"][len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(target))
+    if not found:
+        raise FileNotFoundError(f"nothing stored under {uri}")
+    return local_dir
+
+
+def local_copy(uri: str, cache_dir: str | Path) -> Path:
+    """A local folder holding ``uri``: the path itself if local, else a cached download of the prefix.
+
+    The download lands in a temporary folder and is renamed into place, so a crash mid-download
+    never leaves a cache entry that looks complete.
+    """
+    if not is_s3(uri):
+        return Path(uri).expanduser()
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = Path(cache_dir).expanduser() / "s3" / digest
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest}."))
+    download_dir(uri, tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished the same download first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""Model components: compressive encoding, SA-Perceiver, baselines, Epigone, reconstruction, full VLM."""
