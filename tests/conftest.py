@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+# Real-service fixtures (s3_server, mlflow_server, mlflow_server_s3, ray_head) for integration tests.
+pytest_plugins = ["tests.services"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

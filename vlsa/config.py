@@ -294,7 +294,7 @@ class StageConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     zero_stage: int = 2
-    """DeepSpeed ZeRO stage (2 for Stage I, 3 for Stage II by default)."""
+    """DeepSpeed ZeRO stage 1-3 (2 for Stage I, 3 for Stage II); stage 0 cannot skip a non-finite step."""
     w_lm: float = 1.0
     """Weight of the language-modeling loss L."""
     w_rec: float = 1.0
@@ -304,7 +304,7 @@ class StageConfig:
         unknown = set(self.lr) - set(MODULES)
         if unknown:
             raise ConfigError(f"stage {self.name}: unknown modules in lr: {sorted(unknown)}; known: {MODULES}")
-        _check_choice(f"stage {self.name} zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _check_choice(f"stage {self.name} zero_stage", self.zero_stage, (1, 2, 3))
         _check_positive(f"stage {self.name} global_batch", self.global_batch)
         _check_positive(f"stage {self.name} micro_batch", self.micro_batch)
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -341,6 +341,8 @@ class TrainConfig:
     """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
     checkpoint_every: int = 0
     """Save a checkpoint every N optimizer steps (0: at the end of each stage only)."""
+    keep_checkpoints: int = 2
+    """Mid-stage checkpoints kept per stage (older ones are deleted; stage-end checkpoints are always kept)."""
     num_workers: int = 2
     """Data-loader worker processes per training worker (0: load in the training process)."""
 
@@ -351,6 +353,8 @@ class TrainConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"train.stages names repeat: {names}")
         _check_choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        _check_positive("train.max_consecutive_skips", self.max_consecutive_skips)
+        _check_positive("train.keep_checkpoints", self.keep_checkpoints)
 
 
 @dataclass
@@ -396,10 +400,16 @@ class LabelConfig:
     """Labeling actors (0: as many as the cluster's GPUs, or its CPUs minus those reading)."""
     gpus_per_actor: float = 1.0
     """GPUs each actor reserves when GPUs exist."""
-    rows_per_shard: int = 1024
-    """Rows of one output Parquet shard."""
+    rows_per_shard: int = 256
+    """Rows of one output Parquet shard, also one actor call (its decoded images travel together: ~2 MB each at 672 px)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Safe-decoding limits."""
+
+    def __post_init__(self) -> None:
+        _check_positive("label.batch_size", self.batch_size)
+        _check_positive("label.rows_per_shard", self.rows_per_shard)
+        if self.num_actors < 0 or self.gpus_per_actor < 0:
+            raise ConfigError(f"label.num_actors and label.gpus_per_actor must be >= 0, got {self.num_actors}, {self.gpus_per_actor}")
 
 
 @dataclass
@@ -416,9 +426,15 @@ class EvalConfig:
     """Greedy-decoding budget per answer (temperature 0, as the paper)."""
     batch_size: int = 8
     """Questions per model call."""
+    num_actors: int = 0
+    """Inference actors of the Ray job (0: one per GPU, or the cluster's CPUs minus one without GPUs)."""
 
     def __post_init__(self) -> None:
         _check_choice("eval.template", self.template, TEMPLATES)
+        _check_positive("eval.batch_size", self.batch_size)
+        _check_positive("eval.max_new_tokens", self.max_new_tokens)
+        if self.num_actors < 0:
+            raise ConfigError(f"eval.num_actors must be >= 0, got {self.num_actors}")
 
 
 @dataclass
@@ -433,6 +449,34 @@ class DemoConfig:
     """Smallest image side in pixels."""
     max_side: int = 96
     """Largest image side in pixels."""
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark sizes (``python -m vlsa.bench``); the model sizes come from the preset's parts."""
+
+    batch: int = 2
+    """Samples per training step, the same for VLSA and the AnyRes baseline."""
+    text_tokens: int = 16
+    """Text tokens per sample besides the visual tokens."""
+    tiles: int = 4
+    """High-resolution tiles m per image in the step benchmarks (at most model.encoding.max_tiles)."""
+    stage: int = -1
+    """Index of the train stage whose trainable modules and learning rates the step uses."""
+    warmup: int = 2
+    """Untimed steps per variant before timing."""
+    repeats: int = 5
+    """Timed steps per variant, interleaved A/B."""
+    latency_grids: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Latency inputs: square images of side g x the vision input size (g*g tiles), one per entry."""
+    label_images: int = 16
+    """Images labelled per timed pass of the labeling benchmark."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "text_tokens", "tiles", "repeats", "label_images"):
+            _check_positive(f"bench.{name}", getattr(self, name))
+        if not self.latency_grids or min(self.latency_grids) < 1:
+            raise ConfigError(f"bench.latency_grids must be a non-empty list of ints >= 1, got {self.latency_grids}")
 
 
 @dataclass
@@ -451,6 +495,8 @@ class Config:
     """Evaluation."""
     demo: DemoConfig = field(default_factory=DemoConfig)
     """Generated demo data."""
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    """Benchmark sizes."""
     preset: str = ""
     """Name of the preset this config came from (informational)."""
 

@@ -1,0 +1,80 @@
+"""``python -m cluster.local start|stop|status|env``: the one-machine dev stack."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cluster.local.processes import http_status
+from cluster.local.stack import client_env, default_state_dir, read_state, services, start_stack, stop_stack
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__)
+    parser.add_argument("command", choices=["start", "stop", "status", "env"])
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir(), help="databases, logs, state file")
+    parser.add_argument("--s3", action="store_true", help="also start a local S3 endpoint (moto) for artifacts")
+    parser.add_argument("--no-auth", action="store_true", help="run MLflow without basic-auth (not recommended)")
+    parser.add_argument("--num-cpus", type=int, default=6, help="logical CPUs the Ray head advertises")
+    return parser
+
+
+def exports(state: dict) -> str:
+    """Shell lines that point the Ray job CLI, MLflow clients and boto3 at the stack (no secret values)."""
+    env = client_env(state)
+    lines = [f"export {key}={value}" for key, value in env.items()]
+    password_file = state["mlflow"].get("password_file")
+    if password_file:
+        lines.append(f'export MLFLOW_TRACKING_PASSWORD="$(cat {password_file})"')
+    return "\n".join(lines)
+
+
+def how_to(state: dict) -> str:
+    """What to run next, printed after ``start`` and by ``status``."""
+    head, mlflow, s3 = services(state)
+    text = [
+        f"Ray dashboard  {head.dashboard_url}  (token: {head.token_path})",
+        f"MLflow UI      {mlflow.uri}" + (f"  (user admin, password: {mlflow.password_file})" if mlflow.password_file else ""),
+    ]
+    if s3:
+        text.append(f"S3 endpoint    {s3.endpoint}  (bucket s3://vlsa, dummy credentials)")
+    text += ["", "Use it from this shell:", "  eval \"$(python -m cluster.local env)\"",
+             "  ray job submit --working-dir . -- python ray_jobs/train.py", "Stop it:", "  python -m cluster.local stop"]  # fmt: skip
+    return "\n".join(text)
+
+
+def _status(state: dict) -> str:
+    head, mlflow, s3 = services(state)
+    token = Path(head.token_path).read_text().strip() if Path(head.token_path).exists() else ""
+    checks = {
+        "ray": http_status(f"{head.dashboard_url}/api/version", {"Authorization": f"Bearer {token}"}),
+        "mlflow": http_status(f"{mlflow.uri}/health"),
+        **({"s3": http_status(f"{s3.endpoint}/moto-api/")} if s3 else {}),
+    }
+    return "\n".join(f"{name:7s}{'up' if code == 200 else 'down'}" for name, code in checks.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status is 1 when there is no stack to act on."""
+    args = _parser().parse_args(argv)
+    state = read_state(args.state_dir)
+    if args.command == "start":
+        state = start_stack(args.state_dir, s3=args.s3, auth=not args.no_auth, num_cpus=args.num_cpus)
+        print(how_to(state))
+        return 0
+    if state is None:
+        print(f"no stack recorded in {args.state_dir}", file=sys.stderr)
+        return 1
+    if args.command == "stop":
+        stop_stack(args.state_dir)
+        print("stopped")
+    elif args.command == "env":
+        print(exports(state))
+    else:
+        print(_status(state) + "\n\n" + how_to(state))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A local ``mlflow server``: sqlite backend store, artifacts proxied to a folder or an ``s3://`` prefix.
+
+With ``auth=True`` the server runs the basic-auth app; the admin password and the Flask secret key are
+generated into files only the owner can read and handed to the server through the environment, so they
+never appear on a command line or in a config file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.local.processes import find_processes, free_port, reap, spawn, stop_matching, wait_http
+
+MLFLOW_BIN = str(Path(sys.executable).with_name("mlflow"))
+ADMIN_USER = "admin"
+
+
+@dataclass
+class MlflowServer:
+    """A running server: ``uri`` is the tracking URI; ``password_file`` is set when auth is on."""
+
+    uri: str
+    root: str
+    session_id: int
+    artifacts_destination: str
+    password_file: str | None = None
+    proc: subprocess.Popen | None = None
+
+    def client_env(self) -> dict[str, str]:
+        """Variables a tracking client needs (credentials only when auth is on)."""
+        env = {"MLFLOW_TRACKING_URI": self.uri}
+        if self.password_file:
+            env["MLFLOW_TRACKING_USERNAME"] = ADMIN_USER
+            env["MLFLOW_TRACKING_PASSWORD"] = Path(self.password_file).read_text().strip()
+        return env
+
+    def to_json(self) -> dict:
+        keys = ("uri", "root", "session_id", "artifacts_destination", "password_file")
+        return {k: getattr(self, k) for k in keys}
+
+
+def write_secret(path: Path) -> Path:
+    """A random secret in a file readable by the owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(24))
+    return path
+
+
+def _auth_env(root: Path) -> dict[str, str]:
+    # The auth app's user database lives next to the tracking database, not in the working directory.
+    ini = root / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = {ADMIN_USER}\n"
+    )
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": write_secret(root / "admin_password").read_text(),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": write_secret(root / "flask_secret_key").read_text(),
+    }
+
+
+def server_args(root: Path, port: int, artifacts_destination: str, auth: bool) -> list[str]:
+    """The ``mlflow server`` command line (no secrets on it)."""
+    args = [MLFLOW_BIN, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    args += ["--artifacts-destination", artifacts_destination, "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--workers", "1", "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
+    return args + (["--app-name", "basic-auth"] if auth else [])
+
+
+def start_mlflow_server(
+    root: str | Path, artifacts_destination: str | None = None, auth: bool = False, env: dict[str, str] | None = None,
+    wait: bool = True, timeout: float = 180.0,
+) -> MlflowServer:  # fmt: skip
+    """Start a server whose files live under ``root``; ``env`` adds variables (e.g. an S3 endpoint).
+
+    With ``wait=False`` it returns at once; call :func:`wait_mlflow_server` before use.
+    """
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts_destination = artifacts_destination or str(root / "artifacts")
+    port = free_port()
+    full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if auth:
+        full_env.update(_auth_env(root))
+    log_path = root / "server.log"
+    proc = spawn(server_args(root, port, artifacts_destination, auth), env=full_env, log_path=log_path, cwd=str(root))
+    server = MlflowServer(
+        uri=f"http://127.0.0.1:{port}", root=str(root), session_id=proc.pid,
+        artifacts_destination=artifacts_destination, password_file=str(root / "admin_password") if auth else None,
+        proc=proc,
+    )  # fmt: skip
+    if wait:
+        wait_mlflow_server(server, timeout)
+    return server
+
+
+def wait_mlflow_server(server: MlflowServer, timeout: float = 180.0) -> None:
+    """Block until ``/health`` answers; stop the server and raise (with its log) when it does not."""
+    try:
+        wait_http(f"{server.uri}/health", timeout=timeout, proc=server.proc, log_path=Path(server.root) / "server.log")
+    except (RuntimeError, TimeoutError):
+        stop_mlflow_server(server)
+        raise
+
+
+def mlflow_processes(server: MlflowServer) -> list:
+    """Live processes of this server (its session: the CLI, uvicorn and its workers)."""
+    return find_processes([server.session_id])
+
+
+def stop_mlflow_server(server: MlflowServer, grace: float = 5.0) -> None:
+    """Terminate the server's process group; raise if anything survives."""
+    survivors = stop_matching([server.session_id], grace=grace)
+    reap(server.proc)
+    if survivors:
+        raise RuntimeError(f"MLflow server {server.uri}: processes still alive after stop: {[p.pid for p in survivors]}")

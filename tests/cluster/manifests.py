@@ -1,0 +1,47 @@
+"""Paths and loaders shared by the deployment tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
+KUBERAY_KINDS = {"RayCluster", "RayJob", "RayService"}
+
+
+def ray_schema_path() -> Path:
+    """The cluster-config JSON schema shipped in the installed ``ray`` package (found without importing ray)."""
+    spec = importlib.util.find_spec("ray")
+    return Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json"
+
+
+def launcher_configs() -> list[Path]:
+    """Every Ray cluster launcher YAML under cluster/ (a top-level ``provider`` and node types)."""
+    found = []
+    for path in sorted(CLUSTER.rglob("*.yaml")):
+        docs = list(yaml.safe_load_all(path.read_text()))
+        if len(docs) == 1 and isinstance(docs[0], dict) and "provider" in docs[0] and "available_node_types" in docs[0]:
+            found.append(path)
+    return found
+
+
+def k8s_documents() -> list[tuple[Path, dict]]:
+    """Every Kubernetes object under cluster/k8s, with the file it came from."""
+    return [
+        (path, doc)
+        for path in sorted((CLUSTER / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def kuberay_documents() -> list[tuple[Path, dict]]:
+    return [(path, doc) for path, doc in k8s_documents() if doc.get("kind") in KUBERAY_KINDS]
+
+
+def ray_schema() -> dict:
+    return json.loads(ray_schema_path().read_text())

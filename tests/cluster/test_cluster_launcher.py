@@ -1,0 +1,88 @@
+"""The AWS launcher config: valid for the pinned Ray, CPU head, A100 workers, no keys, EFA set up."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.cluster.manifests import CLUSTER, launcher_configs, ray_schema
+
+AWS = CLUSTER / "aws" / "vlsa-a100.yaml"
+
+
+def _load(path=AWS) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_aws_config_is_found_as_a_launcher_config():
+    assert AWS in launcher_configs()
+
+
+@pytest.mark.parametrize("path", launcher_configs(), ids=lambda p: p.name)
+def test_launcher_config_validates_against_the_ray_schema(path):
+    jsonschema.validate(_load(path), ray_schema())
+
+
+@pytest.mark.parametrize("path", launcher_configs(), ids=lambda p: p.name)
+def test_launcher_config_passes_rays_own_checks_after_defaults(path):
+    # What `ray up` runs: provider defaults merged in, then the schema and the node-type checks.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(_load(path))))
+
+
+def test_the_schema_rejects_a_broken_config():
+    broken = _load()
+    broken["available_node_types"]["a100"]["resources"] = {"GPU": "eight"}
+    with pytest.raises(jsonschema.ValidationError, match="eight"):
+        jsonschema.validate(broken, ray_schema())
+
+
+def test_head_is_cpu_only_and_workers_are_p4d_with_bounds():
+    config = _load()
+    nodes = config["available_node_types"]
+    head = nodes[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    assert not head["node_config"]["InstanceType"].startswith(("p", "g"))
+    workers = {name: node for name, node in nodes.items() if name != config["head_node_type"]}
+    assert [node["node_config"]["InstanceType"] for node in workers.values()] == ["p4d.24xlarge"]
+    for node in workers.values():
+        assert 0 <= node["min_workers"] <= node["max_workers"] <= config["max_workers"]
+        assert [i["InterfaceType"] for i in node["node_config"]["NetworkInterfaces"]] == ["efa"] * 4
+
+
+def test_nodes_use_instance_profiles_imdsv2_and_no_keys():
+    config = _load()
+    for name, node in config["available_node_types"].items():
+        assert node["node_config"]["IamInstanceProfile"]["Name"], name
+        assert node["node_config"]["MetadataOptions"]["HttpTokens"] == "required", name
+    assert set(config["auth"]) == {"ssh_user"}, "no key material in the launcher config"
+    assert "AWS_ACCESS_KEY_ID" not in AWS.read_text() and "AWS_SECRET_ACCESS_KEY" not in AWS.read_text()
+
+
+def test_setup_installs_requirements_and_runs_the_node_setup():
+    config = _load()
+    assert config["file_mounts"]["~/vlsa"] == "."
+    setup = " ".join(config["setup_commands"])
+    assert "pip install --quiet -r ~/vlsa/requirements.txt" in setup
+    assert "bash ~/vlsa/cluster/aws/node-setup.sh" in setup
+
+
+def test_node_setup_writes_nccl_efa_settings_and_fetches_secrets_through_the_role():
+    script = (CLUSTER / "aws" / "node-setup.sh").read_text()
+    for line in ["FI_PROVIDER=efa", "FI_EFA_USE_DEVICE_RDMA=1", "FI_EFA_FORK_SAFE=1", "NCCL_SOCKET_IFNAME=^lo,docker"]:
+        assert line in script
+    assert "umask 077" in script and "aws secretsmanager get-secret-value" in script
+    assert "X-aws-ec2-metadata-token" in script  # IMDSv2 session, as the node config requires
+
+
+def test_start_commands_turn_token_auth_on_and_keep_the_dashboard_on_loopback():
+    config = _load()
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    assert all("export RAY_AUTH_MODE=token" in c and ". ~/.vlsa/env" in c for c in starts)
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head_start

@@ -1,0 +1,19 @@
+"""Fixtures of the labeling tests: the tiny config and its frozen VQ-VAE and VAE, built once."""
+
+from __future__ import annotations
+
+import pytest
+from label_helpers import label_config
+
+from vlsa.model.builder import build_vae, build_vq
+
+
+@pytest.fixture(scope="session")
+def label_cfg(cache_dir):
+    return label_config(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def frozen_models(label_cfg):
+    """(VQModel, AutoencoderKL) of the tiny preset, as the labeling actors load them."""
+    return build_vq(label_cfg), build_vae(label_cfg)

@@ -1,0 +1,49 @@
+"""``python -m vlsa.bench <name> [--preset P] [--device cpu|cuda] [--json] [--smoke] [--set key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = {
+    "flops": "vlsa.bench.flops_report",
+    "step": "vlsa.bench.step",
+    "mfu": "vlsa.bench.mfu",
+    "label": "vlsa.bench.label",
+    "ray-overhead": "vlsa.bench.ray_overhead",
+    "latency": "vlsa.bench.latency",
+}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m vlsa.bench", description=__doc__)
+    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("--preset", default=None, help="preset or YAML path (default: bench_gpu on cuda, else bench_cpu)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--smoke", action="store_true", help="fewest repeats: checks that the benchmark runs")
+    p.add_argument("--out", default="bench_results", help="folder for files a benchmark writes (the latency plot)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override, repeatable (e.g. bench.batch=8)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, load the config, run the benchmark, print its report."""
+    from vlsa.bench import device as dev
+    from vlsa.bench.variants import bench_config
+
+    args = parse(argv)
+    device = dev.resolve(args.device)
+    preset = args.preset or ("bench_gpu" if device.type == "cuda" else "bench_cpu")
+    cfg = bench_config(preset, args.overrides, smoke=args.smoke)
+    report = importlib.import_module(BENCHMARKS[args.name]).run(cfg, device, args.out)
+    report.settings["command"] = "python -m vlsa.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(report.to_json() if args.json else report.to_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

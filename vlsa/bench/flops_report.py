@@ -1,0 +1,37 @@
+"""``flops``: the FLOP count of the VLSA and AnyRes training steps and of one inference prefill, with formulas.
+
+Nothing is built or timed (only the tokenizer, for the vocabulary size), so this runs at any size,
+the real widths included, on any machine.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlsa.bench import flops, variants
+from vlsa.bench.device import describe
+from vlsa.bench.report import Report
+from vlsa.bench.step import step_counts
+from vlsa.config import Config
+
+
+def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
+    """Counts for the preset's benchmark stage and workload."""
+    counts = step_counts(cfg)
+    prefill = {}
+    for name, variant in (("vlsa", variants.vlsa_config(cfg)), ("anyres", variants.anyres_config(cfg))):
+        dims = flops.ModelDims.from_config(variants.inference_config(variant))
+        work = flops.Workload(batch=1, tiles=cfg.bench.tiles, text_tokens=cfg.bench.text_tokens, logits_all=False)
+        prefill[name] = flops.count(dims, work).total
+    metrics = {"flop_ratio": counts["vlsa"].total / counts["anyres"].total,
+               "step_flops": {k: c.total for k, c in counts.items()},
+               "step_flops_by_part": {k: c.by_part() for k, c in counts.items()},
+               "prefill_flops_per_image": prefill}
+    lines = [f"training step FLOP ratio VLSA/AnyRes {metrics['flop_ratio']:.3f}",
+             f"prefill GFLOP per image: VLSA {prefill['vlsa'] / 1e9:.3f}, AnyRes {prefill['anyres'] / 1e9:.3f}", ""]
+    for name, c in counts.items():
+        lines += [f"[{name} training step]", c.formula()]
+    stage = variants.bench_stage(cfg)
+    settings = {"preset": cfg.preset, "batch": cfg.bench.batch, "tiles": cfg.bench.tiles,
+                "text_tokens": cfg.bench.text_tokens, "stage": stage.name, "trainable": sorted(stage.lr)}
+    return Report("flops", metrics, settings, describe(device), lines)

@@ -1,0 +1,59 @@
+"""One training step in plain PyTorch, as the trainer runs it: forward, backward, clip, AdamW step.
+
+The model is built by ``build_model`` and frozen per the benchmark stage exactly as in training
+(``apply_stage``). In bf16 the whole model is cast to bf16 and AdamW keeps its states in bf16 too: the
+same matmul work as DeepSpeed's bf16 mode, without its fp32 master copy (memory, not speed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlsa.bench.batch import synthetic_batch
+from vlsa.bench.flops import Workload
+from vlsa.config import Config, StageConfig
+
+
+@dataclass
+class TrainStep:
+    """A model, its optimizer and one fixed batch; ``__call__`` runs one optimizer step."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: dict[str, torch.Tensor]
+    grad_clip: float
+
+    def __call__(self) -> float:
+        """One step; returns the loss."""
+        out = self.model(**self.batch)
+        out.loss.backward()
+        if self.grad_clip > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(out.loss.detach())
+
+
+def build_model_on(cfg: Config, device: torch.device, dtype: torch.dtype):
+    """``build_model(cfg)`` moved to ``device`` in ``dtype``."""
+    from vlsa.model.builder import build_model
+
+    return build_model(cfg).to(device=device, dtype=dtype)
+
+
+def build_train_step(cfg: Config, stage: StageConfig, work: Workload, device: torch.device,
+                     dtype: torch.dtype, seed: int = 0) -> TrainStep:
+    """The model of ``cfg`` frozen for ``stage``, AdamW over its groups, and a synthetic batch of ``work``."""
+    from vlsa.model.params import apply_stage
+
+    model = build_model_on(cfg, device, dtype)
+    groups = apply_stage(model, stage)
+    if not groups:
+        raise ValueError(f"stage {stage.name} trains nothing in this model (lr: {sorted(stage.lr)})")
+    model.train()
+    optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
+    batch = synthetic_batch(model, work, device=device, seed=seed)
+    return TrainStep(model, optimizer, batch, cfg.train.grad_clip)

@@ -1,0 +1,267 @@
+"""Sample assembly: a validated record and its image labels -> one training sample.
+
+Steps: read and safely decode the images; fit the conversation into ``model.llm.max_length`` (visual
+tokens included) by dropping whole trailing turn pairs; insert the cognition-alignment turns with a
+token budget that keeps the sequence within the maximum length; render with the chat template;
+tokenize once and label from character offsets; encode the pixels (X_Lo, X_Hi tiles) and the
+reconstruction target (image at the VAE size, or the VAE latent cached by the labeling job).
+
+Labels are any mapping from label id (``vlsa.labels.shards.label_key``) to a label row: the
+labeling job's ``LabelStore`` or a dict computed in-process (``compute_labels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from vlsa.config import Config, DataConfig, DecodeConfig, SSFTConfig
+from vlsa.data import ssft as ssft_mod
+from vlsa.data.image import ImageRejected, decode_image
+from vlsa.data.records import Record, RecordRejected, Turn, read_image_bytes
+from vlsa.data.templates import ChatTemplate, Encoded, build_template, encode
+from vlsa.labels.shards import label_key
+from vlsa.model.encoding import CompressiveEncoder, recon_pixels
+from vlsa.tokens import IMAGE_TOKEN
+
+SSFT_ATTEMPTS = 4
+
+
+@dataclass
+class Geometry:
+    """Sizes the assembly needs from the model: vision input side, tile cap, visual tokens per image."""
+
+    image_size: int
+    max_tiles: int
+    vision_kind: str
+    visual_tokens: Callable[[int], int]
+    """Visual tokens the LLM receives for an image of m tiles (the model's ``token_count``)."""
+    max_length: int
+    recon_size: int
+    vq_image_size: int
+
+
+class SampleBuilder:
+    """Turns records into samples (dicts of tensors, see ``build``) for one stage's data config."""
+
+    def __init__(self, tokenizer, data: DataConfig, geometry: Geometry, *, labels: Mapping[str, dict] | None,
+                 decode: DecodeConfig, recon: str = "pixels", seed: int = 0):
+        if recon not in ("pixels", "latent"):
+            raise ValueError(f"recon must be 'pixels' or 'latent', got {recon!r}")
+        if (data.ssft.p_vq > 0 or data.ssft.p_px > 0 or recon == "latent") and labels is None:
+            raise ValueError(f"ssft p_vq={data.ssft.p_vq}, p_px={data.ssft.p_px}, recon={recon} need labels; none given")
+        self.tokenizer, self.data, self.geometry = tokenizer, data, geometry
+        self.template: ChatTemplate = build_template(data.template, tokenizer)
+        self.labels, self.decode, self.recon, self.seed = labels, decode, recon, seed
+        self.encoder = CompressiveEncoder(geometry.image_size, geometry.max_tiles, geometry.vision_kind)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    @property
+    def ssft(self) -> SSFTConfig:
+        return self.data.ssft
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` on its own (SSFT answers start and end with special tokens, so in context too)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------------------------- text
+
+    def encode_turns(self, record: Record, turns: list[Turn]) -> Encoded:
+        """Render and label ``turns``; the placeholders must tokenize to one run per image."""
+        encoded = encode(self.template.render(turns), self.tokenizer, record.id)
+        runs = _runs(encoded.input_ids, self.image_token_id)
+        expected = sum(t.content.count(IMAGE_TOKEN) for t in turns)
+        if runs != expected:
+            raise RecordRejected(
+                "placeholder_mismatch", f"record {record.id}: {expected} {IMAGE_TOKEN} placeholders give {runs} token runs"
+            )
+        if not any(label >= 0 for label in encoded.labels):
+            raise RecordRejected("no_supervised_tokens", f"record {record.id}: nothing to learn after rendering")
+        return encoded
+
+    def fit(self, record: Record, visual: int) -> tuple[list[Turn], Encoded]:
+        """The longest prefix of whole turn pairs within ``max_length`` (``visual`` extra image tokens)."""
+        limit = self.geometry.max_length
+        last_image = max((i // 2 for i, t in enumerate(record.turns) if IMAGE_TOKEN in t.content), default=0)
+        turns = record.turns
+        encoded = self.encode_turns(record, turns)
+        while len(encoded.input_ids) + visual > limit and len(turns) // 2 > last_image + 1:
+            turns = turns[:-2]
+            encoded = self.encode_turns(record, turns)
+        if len(encoded.input_ids) + visual > limit:
+            raise RecordRejected(
+                "too_long",
+                f"record {record.id}: {len(encoded.input_ids)} text + {visual} visual tokens > max_length {limit}",
+            )
+        return turns, encoded
+
+    def text_length(self, record: Record) -> int:
+        """Tokens of the record's fitted conversation, visual tokens at the tile cap included (sampler lengths)."""
+        visual = len(record.images) * (self.geometry.visual_tokens(self.geometry.max_tiles) - 1)
+        _, encoded = self.fit(record, visual)
+        return len(encoded.input_ids) + visual
+
+    # ------------------------------------------------------------------------------------- ssft
+
+    def augment(self, record: Record, turns: list[Turn], encoded: Encoded, visual: int, rows: list, epoch: int):
+        """Insert the drawn SSFT turns that fit; returns (turns, encoded, kinds inserted)."""
+        draws = ssft_mod.draw(self.ssft, self.seed, epoch, record.id)
+        if not draws or len(record.images) != 1 or rows[0] is None:
+            return turns, encoded, []
+        kinds = []
+        for d in draws:
+            budget = self.ssft.max_target_tokens
+            for _ in range(SSFT_ATTEMPTS):  # shrink the target until the whole sequence fits
+                target = self._target(d, rows[0], budget)
+                if target is None:
+                    break
+                new_turns = ssft_mod.insert(turns, target, d.u_position)
+                new_encoded = self.encode_turns(record, new_turns)
+                excess = len(new_encoded.input_ids) + visual - self.geometry.max_length
+                if excess <= 0:
+                    turns, encoded = new_turns, new_encoded
+                    kinds.append(d.kind)
+                    break
+                budget = self.count_tokens(target.answer) - excess
+        return turns, encoded, kinds
+
+    def _target(self, d: ssft_mod.Draw, row: dict, budget: int) -> ssft_mod.Target | None:
+        if d.kind == "vq":
+            return ssft_mod.vq_target(
+                d, row, vq_image_size=self.geometry.vq_image_size, budget=budget,
+                count_tokens=self.count_tokens, encoding=self.ssft.vq_encoding,
+            )
+        return ssft_mod.px_target(d, row, budget=budget, count_tokens=self.count_tokens)
+
+    # ----------------------------------------------------------------------------------- sample
+
+    def load_images(self, record: Record, image_root: str) -> list:
+        """The record's images, decoded to RGB; failures are ``RecordRejected`` with ``image_*`` reasons."""
+        return [load_image(image_root, rel, self.decode) for rel in record.images]
+
+    def label_rows(self, record: Record) -> list[dict | None]:
+        """The label row of each image (None without labels); a missing row rejects the record."""
+        if self.labels is None:
+            return [None] * len(record.images)
+        rows = []
+        for k in range(len(record.images)):
+            key = label_key(record.id, k, len(record.images))
+            if key not in self.labels:
+                raise RecordRejected("image_not_labeled", f"record {record.id}: no label row {key!r}")
+            rows.append(self.labels[key])
+        return rows
+
+    def build(self, record: Record, image_root: str, epoch: int = 0) -> dict:
+        """One sample: ``input_ids``, ``labels``, ``ssft_mask`` (T,), ``pixel_lo`` (n, 3, s, s),
+        ``pixel_hi`` (list of n (m_i, 3, s, s)), ``recon_pixels`` (n, 3, S, S) or ``recon_latent``
+        (n, C, s', s'), plus ``id`` and ``ssft`` (the kinds of SSFT turns inserted)."""
+        images = self.load_images(record, image_root)
+        rows = self.label_rows(record)
+        tiles = [self.encoder.num_tiles(im.width, im.height) for im in images]
+        visual = sum(self.geometry.visual_tokens(m) - 1 for m in tiles)
+        turns, encoded = self.fit(record, visual)
+        turns, encoded, kinds = self.augment(record, turns, encoded, visual, rows, epoch)
+        sample = {
+            "id": record.id,
+            "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),  # (T,)
+            "labels": torch.tensor(encoded.labels, dtype=torch.long),  # (T,)
+            "ssft_mask": torch.tensor(encoded.ssft_mask, dtype=torch.bool),  # (T,)
+            "ssft": kinds,
+        }
+        sample.update(self.pixels(images, rows))
+        return sample
+
+    def pixels(self, images: list, rows: list[dict | None]) -> dict:
+        """Pixel tensors of a sample's images (empty with the right trailing shape for text-only samples)."""
+        s = self.geometry.image_size
+        encoded = [self.encoder(im) for im in images]
+        out = {
+            "pixel_lo": torch.stack([lo for lo, _ in encoded]) if encoded else torch.zeros(0, 3, s, s),
+            "pixel_hi": [hi for _, hi in encoded],
+        }
+        if self.recon == "latent":
+            latents = [torch.from_numpy(_latent(row)) for row in rows]
+            out["recon_latent"] = torch.stack(latents) if latents else torch.zeros(0, *self.latent_shape())
+        else:
+            size = self.geometry.recon_size
+            recon = [recon_pixels(im, size, pad_multiple=s) for im in images]
+            out["recon_pixels"] = torch.stack(recon) if recon else torch.zeros(0, 3, size, size)
+        return out
+
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, s, s) of the cached latents (read from any label row)."""
+        for key in self.labels:
+            return tuple(int(n) for n in self.labels[key]["latent_shape"])
+        raise ValueError("no label rows to take the latent shape from")
+
+
+def load_image(image_root: str, rel: str, decode: DecodeConfig):
+    """Read and safely decode one image; every failure is a ``RecordRejected`` (``image_<reason>``)."""
+    data = read_image_bytes(image_root, rel)
+    try:
+        return decode_image(data, decode)
+    except ImageRejected as err:
+        raise RecordRejected(f"image_{err.reason}", f"image {rel}: {err.detail}") from None
+
+
+def _latent(row: dict) -> np.ndarray:
+    return np.frombuffer(row["latent"], dtype=np.float32).reshape(row["latent_shape"]).copy()
+
+
+def _runs(ids: list[int], token: int) -> int:
+    return sum(1 for i, t in enumerate(ids) if t == token and (i == 0 or ids[i - 1] != token))
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def geometry_from_config(cfg: Config, model=None) -> Geometry:
+    """Assembly sizes from a built model (exact) or, without one, from the config's vision part."""
+    from vlsa.labels.compute import vision_input_side
+
+    if model is not None:
+        image_size, visual = model.image_size, model.token_count
+    else:
+        image_size, visual = vision_input_side(cfg), config_token_count(cfg)
+    return Geometry(
+        image_size=image_size,
+        max_tiles=cfg.model.encoding.max_tiles,
+        vision_kind=cfg.model.vision.kind,
+        visual_tokens=visual,
+        max_length=cfg.model.llm.max_length,
+        recon_size=cfg.model.recon.image_size,
+        vq_image_size=cfg.model.vq_image_size,
+    )
+
+
+def config_token_count(cfg: Config) -> Callable[[int], int]:
+    """Visual tokens per image as the configured projector gives them (no model needed)."""
+    from vlsa.labels.compute import vision_input_side
+
+    patch = _vision_patch_size(cfg)
+    l = (vision_input_side(cfg) // patch) ** 2
+    kind, queries = cfg.model.projector.type, cfg.model.projector.num_queries
+    per_kind = {
+        "sa_perceiver": lambda m: l,
+        "mlp2x_gelu": lambda m: l,
+        "anyres": lambda m: (m + 1) * l,
+        "qformer": lambda m: queries or l,
+        "pixel_unshuffle": lambda m: (m + 1) * l // 4,
+    }
+    return per_kind[kind]
+
+
+def _vision_patch_size(cfg: Config) -> int:
+    part = cfg.model.vision
+    if not part.path:
+        return int(part.init["patch_size"])
+    from transformers import AutoConfig
+
+    from vlsa.io import storage
+
+    source = str(storage.local_copy(part.path, cfg.model.cache_dir)) if storage.is_s3(part.path) else part.path
+    config = AutoConfig.from_pretrained(source, subfolder=part.subfolder or "")
+    return int(getattr(config, "vision_config", config).patch_size)

@@ -1,0 +1,313 @@
+"""The embedded demo dataset: procedurally drawn shapes, in the LLaVA formats.
+
+Each image (random size and aspect ratio) shows 1-4 shapes of one colour and one kind on a grey
+background. Questions ask for the colour, the shape, the count, or (single shapes only) the
+position, each answered with one short word. Answers are balanced per question type, so the best
+image-blind policy (the most frequent answer of each question type, ``blind_baseline``) scores about
+one in four, while a model that sees the image can score far higher.
+
+``generate_demo`` writes::
+
+    images/train/*.png|jpg, images/eval/*.png|jpg
+    pretrain.json   LLaVA-558K format: one caption conversation per training image
+    instruct.json   LLaVA-665K format: 2-3 question/answer turns per training image
+    eval.jsonl      LLaVA question format ({"question_id", "image", "text", "category"}) plus "answer"
+    manifest.json   what was generated (a second call with the same settings reuses the files)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vlsa.config import DemoConfig
+from vlsa.tokens import IMAGE_TOKEN
+
+COLORS = {"red": (215, 45, 45), "green": (40, 170, 60), "blue": (45, 85, 215), "yellow": (230, 205, 35)}
+SHAPES = ("circle", "square", "triangle", "cross")
+COUNTS = ("one", "two", "three", "four")
+POSITIONS = ("left", "right", "top", "bottom")
+ANSWERS = {"color": tuple(COLORS), "shape": SHAPES, "count": COUNTS, "position": POSITIONS}
+QUESTIONS = {
+    "color": ("What color are the shapes in the image?", "Which color do the shapes have?"),
+    "shape": ("What kind of shape is shown in the image?", "Which shape is drawn in the image?"),
+    "count": ("How many shapes are there in the image?", "How many shapes can you count?"),
+    "position": ("Where in the image is the shape?", "On which side of the image is the shape?"),
+}
+SHORT = "Answer the question using a single word or phrase."
+CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short caption of the image.", "What does the image show?")
+_PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+# single shapes are twice as likely, since half of them are asked for the position instead of the count
+_COUNT_WEIGHTS = np.array([2, 1, 1, 1]) / 5
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one demo image shows."""
+
+    width: int
+    height: int
+    color: str
+    shape: str
+    count: int
+    position: str  # "" when count > 1
+    background: int
+    third: str
+    """The third question type: ``count``, or for half of the single shapes ``position``."""
+
+    def answer(self, kind: str) -> str:
+        return {"color": self.color, "shape": self.shape, "count": COUNTS[self.count - 1], "position": self.position}[kind]
+
+    def question_kinds(self) -> list[str]:
+        """The question types asked about this scene (answers balanced over the dataset)."""
+        return ["color", "shape", self.third]
+
+
+# ------------------------------------------------------------------------------------------ scenes
+
+
+def random_scene(rng: np.random.Generator, cfg: DemoConfig) -> Scene:
+    """A scene with independent uniform attributes (counts weighted, see ``_COUNT_WEIGHTS``)."""
+    count = int(rng.choice(4, p=_COUNT_WEIGHTS)) + 1
+    third = "position" if count == 1 and rng.random() < 0.5 else "count"
+    return Scene(
+        width=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
+        height=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
+        color=str(rng.choice(list(COLORS))),
+        shape=str(rng.choice(SHAPES)),
+        count=count,
+        position=str(rng.choice(POSITIONS)) if count == 1 else "",
+        background=int(rng.integers(95, 165)),
+        third=third,
+    )
+
+
+def balanced_scenes(rng: np.random.Generator, cfg: DemoConfig, n: int) -> list[Scene]:
+    """``n`` scenes whose colours, shapes, counts and positions cycle evenly (the held-out split)."""
+    colors, shapes = _cycle(list(COLORS), n, rng), _cycle(list(SHAPES), n, rng)
+    counts = _cycle([1, 1, 2, 3, 4], n, rng)
+    singles = [i for i in range(n) if counts[i] == 1]
+    asked = set(singles[1::2])  # every other single shape is asked for its position
+    positions = iter(_cycle(list(POSITIONS), len(asked), rng))
+    return [
+        Scene(
+            width=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
+            height=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
+            color=colors[i], shape=shapes[i], count=counts[i],
+            position=(next(positions) if i in asked else str(rng.choice(POSITIONS))) if counts[i] == 1 else "",
+            background=int(rng.integers(95, 165)),
+            third="position" if i in asked else "count",
+        )
+        for i in range(n)
+    ]
+
+
+def _cycle(values: list, n: int, rng: np.random.Generator) -> list:
+    out = (values * (n // len(values) + 1))[:n]
+    return [out[i] for i in rng.permutation(n)]
+
+
+def draw_scene(scene: Scene, rng: np.random.Generator) -> Image.Image:
+    """Render a scene: shapes in the half named by ``position``, or spread over the quadrants."""
+    image = Image.new("RGB", (scene.width, scene.height), (scene.background,) * 3)
+    draw = ImageDraw.Draw(image)
+    for cx, cy, r in _placements(scene, rng):
+        _draw_shape(draw, scene.shape, cx, cy, r, COLORS[scene.color])
+    return image
+
+
+def _placements(scene: Scene, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    w, h = scene.width, scene.height
+    if scene.count == 1:
+        fx, fy = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}[scene.position]
+        r = min(w, h) * rng.uniform(0.15, 0.2)
+        jitter = min(w, h) * 0.04
+        return [(fx * w + rng.uniform(-jitter, jitter), fy * h + rng.uniform(-jitter, jitter), r)]
+    cells = rng.permutation(4)[: scene.count]
+    r = min(w, h) / 2 * rng.uniform(0.28, 0.34)
+    out = []
+    for cell in cells:
+        x0, y0 = (cell % 2) * w / 2, (cell // 2) * h / 2
+        out.append((x0 + w / 4 + rng.uniform(-0.05, 0.05) * w, y0 + h / 4 + rng.uniform(-0.05, 0.05) * h, r))
+    return out
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, color) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
+    elif shape == "square":
+        s = r * 0.85
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=color)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=color)
+    else:
+        t = r * 0.32
+        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=color)
+        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=color)
+
+
+# ------------------------------------------------------------------------------------------- text
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A one-sentence caption naming count, colour, shape and (single shapes) position."""
+    noun = scene.shape if scene.count == 1 else _PLURAL[scene.shape]
+    where = {"left": " on the left", "right": " on the right", "top": " at the top", "bottom": " at the bottom"}.get(
+        scene.position, ""
+    )
+    forms = (
+        f"{COUNTS[scene.count - 1].capitalize()} {scene.color} {noun}{where} on a gray background.",
+        f"The image shows {COUNTS[scene.count - 1]} {scene.color} {noun}{where}.",
+    )
+    return forms[int(rng.integers(len(forms)))]
+
+
+def conversation(scene: Scene, rng: np.random.Generator) -> list[dict]:
+    """LLaVA-665K style turns: the image placeholder before or after the first question."""
+    kinds = [scene.question_kinds()[i] for i in rng.permutation(3)]
+    turns = []
+    for i, kind in enumerate(kinds):
+        question = f"{QUESTIONS[kind][int(rng.integers(2))]}\n{SHORT}"
+        if i == 0:
+            question = f"{IMAGE_TOKEN}\n{question}" if rng.random() < 0.5 else f"{question}\n{IMAGE_TOKEN}"
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": scene.answer(kind)}]
+    return turns
+
+
+# -------------------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where ``generate_demo`` put the dataset."""
+
+    root: str
+    image_root: str
+    pretrain: str
+    instruct: str
+    eval: str
+
+    def train_file(self, template: str) -> str:
+        """Captions for the ``plain`` template (Stage I), conversations otherwise."""
+        return self.pretrain if template == "plain" else self.instruct
+
+
+def generate_demo(cfg: DemoConfig, out_dir: str | Path, seed: int = 0) -> DemoPaths:
+    """Write the demo dataset under ``out_dir`` (reused when already generated with the same settings)."""
+    out = Path(out_dir).expanduser()
+    paths = DemoPaths(str(out), str(out / "images"), str(out / "pretrain.json"), str(out / "instruct.json"),
+                      str(out / "eval.jsonl"))
+    spec = {"config": asdict(cfg), "seed": seed, "version": 1}
+    manifest = out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("spec") == spec:
+        return paths
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    train = [random_scene(rng, cfg) for _ in range(cfg.train_images)]
+    pretrain, instruct = _write_train(train, out, rng)
+    questions = _write_eval(balanced_scenes(rng, cfg, cfg.eval_images), out, rng)
+    _write_json(Path(paths.pretrain), pretrain)
+    _write_json(Path(paths.instruct), instruct)
+    Path(paths.eval).write_text("".join(json.dumps(q) + "\n" for q in questions))
+    counts = {"train_images": len(train), "pretrain": len(pretrain), "instruct": len(instruct), "eval": len(questions)}
+    _write_json(manifest, {"spec": spec, "counts": counts})
+    return paths
+
+
+def _save(image: Image.Image, out: Path, rel: str) -> None:
+    path = out / "images" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rel.endswith(".jpg"):
+        image.save(path, "JPEG", quality=95)
+    else:
+        image.save(path, "PNG")
+
+
+def _write_train(scenes: list[Scene], out: Path, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    pretrain, instruct = [], []
+    for i, scene in enumerate(scenes):
+        rel = f"train/{i:05d}.{'jpg' if i % 5 == 4 else 'png'}"  # some JPEGs exercise that decoder too
+        _save(draw_scene(scene, rng), out, rel)
+        prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
+        pretrain.append({"id": f"cap-{i:05d}", "image": rel, "conversations": [
+            {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption(scene, rng)}]})
+        instruct.append({"id": f"qa-{i:05d}", "image": rel, "conversations": conversation(scene, rng)})
+    return pretrain, instruct
+
+
+def _write_eval(scenes: list[Scene], out: Path, rng: np.random.Generator) -> list[dict]:
+    questions = []
+    for i, scene in enumerate(scenes):
+        rel = f"eval/{i:05d}.{'jpg' if i % 5 == 4 else 'png'}"
+        _save(draw_scene(scene, rng), out, rel)
+        for kind in scene.question_kinds():
+            text = f"{QUESTIONS[kind][int(rng.integers(2))]}\n{SHORT}"
+            questions.append({"question_id": f"{i:05d}-{kind}", "image": rel, "text": text, "category": kind,
+                              "answer": scene.answer(kind)})
+    return questions
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+def load_eval(path: str) -> list[dict]:
+    """The held-out questions (LLaVA question format plus ``answer``)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case first word without punctuation ("Red." -> "red")."""
+    words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
+    return words[0] if words else ""
+
+
+def score(predictions: dict[str, str], questions: list[dict]) -> dict:
+    """Exact-match accuracy (after ``normalize_answer``), overall and per category."""
+    right, seen = Counter(), Counter()
+    for q in questions:
+        seen[q["category"]] += 1
+        right[q["category"]] += normalize_answer(predictions.get(q["question_id"], "")) == q["answer"]
+    total = sum(seen.values())
+    return {
+        "accuracy": sum(right.values()) / total if total else 0.0,
+        "per_category": {k: right[k] / seen[k] for k in sorted(seen)},
+        "questions": total,
+    }
+
+
+def question_kind(text: str) -> str | None:
+    """The question type of a demo question (placeholder and answer-format hint ignored)."""
+    first = text.replace(IMAGE_TOKEN, "").replace(SHORT, "").strip()
+    return next((kind for kind, forms in QUESTIONS.items() if first in forms), None)
+
+
+def blind_baseline(train_file: str, eval_file: str) -> dict:
+    """Accuracy of the best image-blind policy: the most frequent training answer per question type.
+
+    Returns ``score``'s dict plus ``policy`` (type -> answer) and ``chance`` (mean of 1/#answers).
+    """
+    answers: dict[str, Counter] = {kind: Counter() for kind in QUESTIONS}
+    for record in json.loads(Path(train_file).read_text()):
+        turns = record["conversations"]
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            kind = question_kind(human["value"])
+            if kind:
+                answers[kind][normalize_answer(gpt["value"])] += 1
+    policy = {kind: c.most_common(1)[0][0] for kind, c in answers.items() if c}
+    questions = load_eval(eval_file)
+    result = score({q["question_id"]: policy.get(q["category"], "") for q in questions}, questions)
+    result["policy"] = policy
+    result["chance"] = float(np.mean([1 / len(ANSWERS[q["category"]]) for q in questions])) if questions else 0.0
+    return result

@@ -1,0 +1,229 @@
+"""Chat templates and label masking.
+
+A template renders a conversation to one string and records the character spans the model is
+trained on (assistant answers and their end-of-turn marker). The whole string is then tokenized once
+and each token is labelled from its character offsets, so the labels always describe exactly the
+tokens the model sees. A token that mixes supervised and unsupervised text, or a supervised character
+no token covers, means the labels would not line up with the text: the record is rejected with
+``label_mismatch`` instead of being trained on shifted labels (LLaVA's silent "tokenization mismatch").
+
+``plain`` (Stage I captions) and ``vicuna_v1`` (LLaVA-1.5) are LLaVA's formats; ``llama3`` and
+``chatml`` (Qwen2, LLaVA-NeXT) use the tokenizer's own Jinja chat template when it is of that family,
+else an equivalent built-in one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlsa.data.records import ASSISTANT, USER, RecordRejected, Turn
+from vlsa.tokens import IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAMA3_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that "
+    "the user provides, and assist the user with a variety of tasks using natural language."
+)
+_LLAMA3_JINJA = (
+    "{{ bos_token }}{% if messages[0]['role'] != 'system' %}<|start_header_id|>system<|end_header_id|>\n\n"
+    + LLAMA3_SYSTEM
+    + "<|eot_id|>{% endif %}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+_CHATML_JINJA = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_JINJA = {"llama3": ("<|start_header_id|>", _LLAMA3_JINJA, "<|eot_id|>"), "chatml": ("<|im_start|>", _CHATML_JINJA, "<|im_end|>")}
+
+
+@dataclass
+class Rendered:
+    """A rendered conversation and its supervised character spans ``(start, end, is_ssft)``."""
+
+    text: str
+    spans: list[tuple[int, int, bool]] = field(default_factory=list)
+
+    def supervised_text(self) -> list[str]:
+        return [self.text[s:e] for s, e, _ in self.spans]
+
+
+@dataclass
+class Encoded:
+    """Token ids with their labels (-100: not supervised) and the SSFT-answer mask."""
+
+    input_ids: list[int]
+    labels: list[int]
+    ssft_mask: list[bool]
+
+
+class ChatTemplate:
+    """Renders conversations (training) and prompts (generation) in one chat format."""
+
+    name = ""
+    stop = ""
+    """The string that ends an assistant turn (generation stops there)."""
+
+    def render(self, turns: list[Turn]) -> Rendered:
+        """The full conversation with its supervised spans."""
+        raise NotImplementedError
+
+    def prompt(self, turns: list[Turn]) -> str:
+        """A conversation ending in a user turn, followed by the start of the assistant's answer."""
+        raise NotImplementedError
+
+
+class PlainTemplate(ChatTemplate):
+    """LLaVA ``plain`` (Stage I): the image placeholders then the caption; the instruction is dropped."""
+
+    name, stop = "plain", "\n"
+
+    def __init__(self, tokenizer):
+        self.bos = tokenizer.bos_token or ""
+
+    def _user(self, turn: Turn) -> str:
+        count = turn.content.count(IMAGE_TOKEN)
+        return IMAGE_TOKEN * count if count else turn.content + "\n"
+
+    def render(self, turns: list[Turn]) -> Rendered:
+        out = Rendered(self.bos)
+        for turn in turns:
+            if turn.role == USER:
+                out.text += self._user(turn)
+            else:
+                start = len(out.text)
+                out.text += turn.content + "\n"
+                out.spans.append((start, len(out.text), turn.ssft))
+        return out
+
+    def prompt(self, turns: list[Turn]) -> str:
+        _check_prompt(turns)
+        return self.render(turns[:-1]).text + self._user(turns[-1])
+
+
+class VicunaTemplate(ChatTemplate):
+    """LLaVA ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``; supervised: `` a</s>``."""
+
+    name = "vicuna_v1"
+
+    def __init__(self, tokenizer):
+        self.bos = tokenizer.bos_token or ""
+        self.stop = tokenizer.eos_token or "</s>"
+
+    def render(self, turns: list[Turn]) -> Rendered:
+        out = Rendered(f"{self.bos}{VICUNA_SYSTEM} ")
+        for turn in turns:
+            if turn.role == USER:
+                out.text += f"USER: {turn.content} ASSISTANT:"
+            else:
+                # the space before the answer is part of the answer: the prompt ends at "ASSISTANT:"
+                start = len(out.text)
+                out.text += f" {turn.content}{self.stop}"
+                out.spans.append((start, len(out.text), turn.ssft))
+        return out
+
+    def prompt(self, turns: list[Turn]) -> str:
+        _check_prompt(turns)
+        return self.render(turns).text
+
+
+class JinjaTemplate(ChatTemplate):
+    """A Jinja chat template; assistant spans found by rendering growing prefixes of the conversation."""
+
+    def __init__(self, tokenizer, name: str):
+        marker, builtin, stop = _JINJA[name]
+        own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+        self.name, self.stop, self.tokenizer = name, stop, tokenizer
+        self.source = own if marker in own else builtin
+        self.from_tokenizer = self.source is own
+
+    def _apply(self, turns: list[Turn], generation: bool) -> str:
+        messages = [{"role": t.role, "content": t.content} for t in turns]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.source, tokenize=False, add_generation_prompt=generation
+        )
+
+    def render(self, turns: list[Turn]) -> Rendered:
+        text = self._apply(turns, False)
+        out = Rendered(text)
+        for k, turn in enumerate(turns):
+            if turn.role != ASSISTANT:
+                continue
+            before, upto = self._apply(turns[:k], True), self._apply(turns[: k + 1], False)
+            if not (text.startswith(upto) and upto.startswith(before)):
+                raise RecordRejected("template_not_incremental", f"template {self.name}: turn {k} is not a prefix")
+            out.spans.append((len(before), len(upto), turn.ssft))
+        return out
+
+    def prompt(self, turns: list[Turn]) -> str:
+        _check_prompt(turns)
+        return self._apply(turns, True)
+
+
+def _check_prompt(turns: list[Turn]) -> None:
+    if not turns or turns[-1].role != USER:
+        raise ValueError(f"a prompt must end with a user turn, got roles {[t.role for t in turns]}")
+
+
+def build_template(name: str, tokenizer) -> ChatTemplate:
+    """The chat template ``name`` (plain, vicuna_v1, llama3, chatml) for this tokenizer."""
+    if name == "plain":
+        return PlainTemplate(tokenizer)
+    if name == "vicuna_v1":
+        return VicunaTemplate(tokenizer)
+    if name in _JINJA:
+        return JinjaTemplate(tokenizer, name)
+    raise ValueError(f"unknown chat template {name!r}; known: plain, vicuna_v1, {', '.join(_JINJA)}")
+
+
+# ------------------------------------------------------------------------------------ label masking
+
+
+def encode(rendered: Rendered, tokenizer, record_id: str = "?") -> Encoded:
+    """Tokenize the rendered text once and label each token from its character offsets.
+
+    Whitespace is neutral (a token may carry a space across a span boundary); any other character
+    mixed across a boundary, or left uncovered, raises ``RecordRejected("label_mismatch")``.
+    """
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    span_of = np.full(len(rendered.text), -1, dtype=np.int64)  # span index of each character
+    for i, (start, end, _) in enumerate(rendered.spans):
+        span_of[start:end] = i
+    content = np.array([not c.isspace() for c in rendered.text], dtype=bool)
+    covered = np.zeros(len(rendered.text), dtype=bool)
+    labels, ssft = [], []
+    for token, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
+        span = _token_span(span_of[s:e], content[s:e], s, e, rendered, record_id)
+        labels.append(token if span >= 0 else IGNORE_INDEX)
+        ssft.append(span >= 0 and rendered.spans[span][2])
+        if span >= 0:
+            covered[s:e] = True
+    missed = np.flatnonzero((span_of >= 0) & content & ~covered)
+    if missed.size:
+        raise RecordRejected(
+            "label_mismatch", f"record {record_id}: supervised text at char {missed[0]} has no supervised token"
+        )
+    return Encoded(list(enc["input_ids"]), labels, ssft)
+
+
+def _token_span(spans: np.ndarray, content: np.ndarray, s: int, e: int, rendered: Rendered, rid: str) -> int:
+    """Span index a token belongs to (-1: none); raises when its content mixes spans."""
+    if e <= s:
+        return -1
+    if not content.any():  # whitespace only: supervised when wholly inside one span
+        return int(spans[0]) if (spans == spans[0]).all() else -1
+    relevant = spans[content]
+    if (relevant == relevant[0]).all():
+        return int(relevant[0])
+    raise RecordRejected(
+        "label_mismatch",
+        f"record {rid}: token {rendered.text[s:e]!r} at chars {s}-{e} crosses a supervised span boundary",
+    )

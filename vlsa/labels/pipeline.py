@@ -1,0 +1,151 @@
+"""The labeling job on Ray Data: records -> safe decode (CPU read tasks) -> models (actor pool) -> shards.
+
+``run_labeling`` plans deterministic shards over the record order, skips those already complete,
+runs the rest through Ray Data and writes the manifest last. Ray is imported inside functions only;
+the caller owns ``ray.init`` (the entry point starts a local instance when there is no cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vlsa.config import Config, LabelConfig
+from vlsa.data.records import load_records
+from vlsa.labels import progress as progress_lib
+from vlsa.labels.compute import LabelGeometry
+from vlsa.labels.schema import label_identity
+from vlsa.labels.shards import (
+    Item,
+    build_manifest,
+    completed_shards,
+    ensure_spec,
+    fingerprint,
+    items_of,
+    plan_shards,
+    write_manifest,
+)
+
+logger = logging.getLogger("vlsa.labels")
+
+_MAX_SHARD_BYTES = 1 << 30
+"""A decoded shard travels as one Arrow binary value, which must stay well below 2 GiB."""
+_READ_WORKER_BYTES = 320 << 20
+"""Resident memory of a read task's worker before any image (Python, torch, PIL)."""
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How the job uses the cluster: labeling actors and what each reserves, and the read tasks' CPUs."""
+
+    actors: int
+    actor_cpus: float
+    actor_gpus: float
+    read_cpus: float
+
+
+def plan_pool(resources: dict[str, float], label: LabelConfig, pending: int) -> PoolPlan:
+    """Size the actor pool to what fits next to the read tasks (never more than fit, or than shards).
+
+    One CPU per actor and per read task; a 1-CPU cluster splits it in halves so both stages always
+    have room and the job cannot wait forever for resources. With GPUs, one actor per
+    ``gpus_per_actor`` GPUs, still keeping CPUs for reading.
+    """
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if cpus <= 0:
+        raise RuntimeError(f"the Ray cluster has no CPUs (resources: {resources})")
+    unit = 1.0 if cpus >= 2 else cpus / 2
+    fit = int((cpus - unit) // unit)  # CPUs left once one read task can run
+    use_gpu = label.gpus_per_actor > 0 and gpus >= label.gpus_per_actor
+    if use_gpu:
+        fit = min(fit, int(gpus // label.gpus_per_actor))
+    wanted = label.num_actors or fit
+    actors = max(1, min(wanted, fit, pending))
+    return PoolPlan(actors, unit, label.gpus_per_actor if use_gpu else 0.0, unit)
+
+
+def shard_bytes(geometry: LabelGeometry, rows_per_shard: int) -> int:
+    """Size of one decoded shard in transit (uint8 model inputs and pixel targets)."""
+    return 3 * rows_per_shard * (geometry.vq_image_size**2 + geometry.recon_image_size**2 + geometry.vision_side**2)
+
+
+def read_memory(resources: dict[str, float], geometry: LabelGeometry, rows_per_shard: int) -> int:
+    """Memory one read task reserves: its worker (decoders, torch) and the shard it builds, packed and
+    unpacked; capped at a quarter of the cluster's so a read can always be scheduled."""
+    wanted = _READ_WORKER_BYTES + 2 * shard_bytes(geometry, rows_per_shard)
+    return int(min(wanted, resources.get("memory", wanted * 4) / 4))
+
+
+def _check_shard_size(geometry: LabelGeometry, rows_per_shard: int) -> None:
+    size = shard_bytes(geometry, rows_per_shard)
+    if size > _MAX_SHARD_BYTES:
+        raise ValueError(
+            f"label.rows_per_shard={rows_per_shard}: a decoded shard takes {size} bytes > {_MAX_SHARD_BYTES}; "
+            f"lower label.rows_per_shard"
+        )
+
+
+def _run_ray(cfg: Config, shards: list[list[Item]], pending: list[int], image_root: str, output: str,
+             log: Callable[[str], None]) -> progress_lib.Progress:
+    """Label the ``pending`` shards on the current Ray instance, reporting each as it finishes."""
+    import ray
+
+    from vlsa.labels.worker import ShardLabeler, decode_batch
+
+    resources = ray.cluster_resources()
+    plan = plan_pool(resources, cfg.label, len(pending))
+    log(f"labeling {len(pending)} of {len(shards)} shards with {plan.actors} actor(s) "
+        f"({plan.actor_gpus or 0} GPU, {plan.actor_cpus} CPU each), read tasks {plan.read_cpus} CPU each")
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the per-shard lines are the progress
+    geometry = LabelGeometry.from_config(cfg)
+    items = [{"shard": k, "items": json.dumps([[i.id, i.image] for i in shards[k]])} for k in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # A read task holds its decoded shard; reserving that memory also keeps Ray Data from fusing
+    # decoding into the actors (it fuses only equal remote args), so the models never wait on it.
+    ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=plan.read_cpus,
+                        memory=read_memory(resources, geometry, cfg.label.rows_per_shard),
+                        fn_kwargs={"root": image_root, "decode": cfg.label.decode, "geometry": geometry})
+    ds = ds.map_batches(
+        ShardLabeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
+        fn_constructor_kwargs={"cfg": cfg.to_dict(), "output": output, "threads": int(plan.actor_cpus)},
+    )
+    tracker = progress_lib.Progress(len(shards), len(pending), plan.actors, log)
+    for summary in ds.iter_rows():
+        tracker.shard_done(summary)
+    return tracker
+
+
+def run_labeling(cfg: Config, data: str, image_root: str, output: str,
+                 log: Callable[[str], None] = logger.info) -> dict[str, Any]:
+    """Label every image of ``data`` into ``output`` (local or ``s3://``); returns the run summary.
+
+    Completed shards are skipped, so a re-run is a no-op and a killed run resumes where it stopped.
+    """
+    records, stats = load_records(data)
+    items = items_of(records)
+    shards = plan_shards(items, cfg.label.rows_per_shard)
+    geometry = LabelGeometry.from_config(cfg)
+    _check_shard_size(geometry, cfg.label.rows_per_shard)
+    spec = {"identity": label_identity(cfg), "items": len(items), "fingerprint": fingerprint(items),
+            "rows_per_shard": cfg.label.rows_per_shard}
+    ensure_spec(output, spec)
+    done = completed_shards(output)
+    pending = [k for k in range(len(shards)) if k not in done]
+    log(f"{len(records)} records ({stats.total - stats.accepted} invalid), {len(items)} images, "
+        f"{len(shards)} shards, {len(shards) - len(pending)} already complete")
+    if pending:
+        tracker = _run_ray(cfg, shards, pending, image_root, output, log)
+    else:
+        tracker = progress_lib.Progress(len(shards), 0, 0, log)
+    source = {"data": data, "image_root": image_root, "records": stats.to_dict()}
+    manifest = build_manifest(output, shards, spec, source)
+    write_manifest(output, manifest)
+    summary = tracker.summary(manifest)
+    summary["invalid_records"] = stats.to_dict()["rejected"]
+    for line in progress_lib.summary_lines(summary):
+        log(line)
+    progress_lib.log_to_mlflow(cfg, summary, {"data": data, "image_root": image_root, "output": output})
+    return summary

@@ -1,0 +1,144 @@
+"""The stored label layout (versioned), the manifest, and the check that labels fit a config.
+
+Output folder (local or ``s3://``) written by ``ray_jobs/label.py``::
+
+    spec.json                       what the labels are made from (written first; a resumed run must match)
+    labels/shard-00000.parquet      one row per labeled image (columns below)
+    rejects/shard-00000.parquet     one row per image that could not be labeled: id, image, reason, detail
+    manifest.json                   written last: schema version, model identities, geometry, counts
+
+Shard k holds records [k * rows_per_shard, (k + 1) * rows_per_shard) of the record order (records
+without an image skipped), so names are deterministic and each record is in exactly one of the two
+tables of its shard.
+
+Label columns (schema version 1):
+
+- ``id`` (string): record id; ``image`` (string): image path relative to the image root.
+- ``width``, ``height`` (int32): size of the decoded image (after EXIF rotation).
+- ``vq_indices`` (list<list<int32>>): 4 lists, the quarters upper-left, upper-right, lower-left,
+  lower-right of the VQ-VAE latent grid, each ``vq_side`` x ``vq_side`` row-major. The VQ-VAE encodes
+  the padded canvas (see ``vlsa.model.encoding``) resized to ``model.vq_image_size``; each index is
+  the nearest codebook entry (Euclidean) to the encoder latent after ``quant_conv`` (Eq. 5).
+- ``vq_side`` (int32).
+- ``pixels`` (binary): X_Lo as uint8, ``pixels_side`` x ``pixels_side`` x 3, row-major (RGB last).
+- ``pixels_side`` (int32): the vision tower's input side.
+- ``latent`` (binary): float32 ``latent_shape`` = [C, s, s], C-order: the VAE latent distribution's
+  mode (its mean, for determinism) of the canvas resized to ``model.recon.image_size``, stored already
+  shifted and scaled: ``(z - shift_factor) * scaling_factor`` with the VAE config's values (shift 0
+  when the VAE has none). This is the ``recon_latent`` the model consumes.
+- ``latent_shape`` (list<int32>).
+
+Model identity: a part loaded from ``path`` is named by path and subfolder; a part built from
+``init`` by its init dict and the model seed. Training refuses labels whose schema version, VQ
+identity, VAE identity or image sides differ from its config.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlsa.config import ComponentConfig, Config
+
+SCHEMA_VERSION = 1
+ROW_GROUP_ROWS = 64
+"""Rows per Parquet row group, the unit a reader fetches for one random-access lookup."""
+
+LABELS_DIR = "labels"
+REJECTS_DIR = "rejects"
+MANIFEST = "manifest.json"
+SPEC = "spec.json"
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("vq_indices", pa.list_(pa.list_(pa.int32()))),
+        ("vq_side", pa.int32()),
+        ("pixels", pa.binary()),
+        ("pixels_side", pa.int32()),
+        ("latent", pa.binary()),
+        ("latent_shape", pa.list_(pa.int32())),
+    ],
+    metadata={"vlsa_label_schema": str(SCHEMA_VERSION)},
+)
+REJECT_SCHEMA = pa.schema(
+    [("id", pa.string()), ("image", pa.string()), ("reason", pa.string()), ("detail", pa.string())],
+    metadata={"vlsa_label_schema": str(SCHEMA_VERSION)},
+)
+
+
+class LabelsMismatch(ValueError):
+    """Labels that were made for another schema version, VQ-VAE, VAE or image geometry."""
+
+
+def shard_name(index: int) -> str:
+    """``shard-00042.parquet``."""
+    return f"shard-{index:05d}.parquet"
+
+
+def component_identity(part: ComponentConfig, seed: int) -> dict[str, Any]:
+    """What names a model part: its path and subfolder, or its init dict and seed."""
+    if part.path:
+        return {"path": part.path, "subfolder": part.subfolder}
+    return {"init": json.loads(json.dumps(part.init, sort_keys=True)), "seed": seed}
+
+
+def label_identity(cfg: Config) -> dict[str, Any]:
+    """Everything in ``cfg`` the labels depend on; equal identities give identical labels."""
+    from vlsa.labels.compute import LabelGeometry
+
+    geometry = LabelGeometry.from_config(cfg)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "vq": component_identity(cfg.model.vq, cfg.model.seed),
+        "vae": component_identity(cfg.model.recon.vae, cfg.model.seed),
+        "vq_image_size": geometry.vq_image_size,
+        "recon_image_size": geometry.recon_image_size,
+        "pixels_side": geometry.vision_side,
+    }
+
+
+def identity_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """One line per key whose values differ, naming both."""
+    keys = sorted(set(found) | set(expected))
+    return [
+        f"{key}: labels have {found.get(key)!r}, config has {expected.get(key)!r}"
+        for key in keys
+        if found.get(key) != expected.get(key)
+    ]
+
+
+def check_manifest(manifest: dict[str, Any], cfg: Config, where: str) -> None:
+    """Raise ``LabelsMismatch`` unless the labels described by ``manifest`` fit ``cfg``."""
+    found = manifest.get("identity", {})
+    if found.get("schema_version") != SCHEMA_VERSION:
+        raise LabelsMismatch(
+            f"labels at {where} have schema version {found.get('schema_version')!r}, this code reads "
+            f"version {SCHEMA_VERSION}; run ray_jobs/label.py again"
+        )
+    problems = identity_differences(found, label_identity(cfg))
+    if problems:
+        raise LabelsMismatch(f"labels at {where} were made for another config: " + "; ".join(problems))
+
+
+def vq_array(row: dict[str, Any]) -> np.ndarray:
+    """(4, vq_side, vq_side) int64 codebook indices of a label row."""
+    side = row["vq_side"]
+    return np.asarray(row["vq_indices"], dtype=np.int64).reshape(4, side, side)
+
+
+def pixels_array(row: dict[str, Any]) -> np.ndarray:
+    """(h, h, 3) uint8 X_Lo of a label row."""
+    side = row["pixels_side"]
+    return np.frombuffer(row["pixels"], dtype=np.uint8).reshape(side, side, 3)
+
+
+def latent_array(row: dict[str, Any]) -> np.ndarray:
+    """(C, s, s) float32 latent (shifted and scaled) of a label row."""
+    return np.frombuffer(row["latent"], dtype=np.float32).reshape(row["latent_shape"])

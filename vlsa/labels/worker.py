@@ -1,0 +1,167 @@
+"""The work of one shard, as the labeling job's Ray tasks and actors run it (plain Python, no Ray).
+
+A read task turns a shard's items into a ``DecodedShard``: each image is read and decoded with the
+shared safe decoder and reduced to fixed-size uint8 arrays, and every failure is caught per image
+into the shard's rejects, so one bad file costs only its own row. The decoded shard travels to a
+labeling actor as one packed row (``pack``), so a shard is never split between actors and its
+output file names stay deterministic. The actor runs the models and writes the shard's files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlsa.config import DecodeConfig, config_from_dict
+from vlsa.data.image import ImageRejected, decode_image
+from vlsa.data.records import RecordRejected, read_image_bytes, safe_relative_path
+from vlsa.io import storage
+from vlsa.labels.compute import LabelComputer, LabelGeometry, PreparedImage, prepare
+from vlsa.labels.schema import REJECT_SCHEMA
+from vlsa.labels.shards import Item, label_table, labels_uri, rejects_uri, write_table
+
+SUMMARY_KEYS = ("shard", "rows", "rejects", "reasons", "seconds", "model_seconds", "decode_seconds", "device")
+
+
+@dataclass
+class DecodedShard:
+    """A shard after decoding: the images ready for the models and the rejected items."""
+
+    shard: int
+    items: list[Item] = field(default_factory=list)
+    prepared: list[PreparedImage] = field(default_factory=list)
+    rejects: list[tuple[Item, str, str]] = field(default_factory=list)
+    """(item, reason, detail) per image that could not be used."""
+    decode_seconds: float = 0.0
+
+
+class ImageReader:
+    """Reads image bytes below a local folder or an ``s3://`` prefix (one S3 client per reader)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.fs, self.base = storage.pyarrow_filesystem(root) if storage.is_s3(root) else (None, "")
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of image ``rel``; ``RecordRejected`` for a bad path or a missing/unreadable file."""
+        if self.fs is None:
+            return read_image_bytes(self.root, rel)  # also refuses symlinks that leave the root
+        path = f"{self.base}/{safe_relative_path(rel)}"
+        try:
+            with self.fs.open_input_file(path) as handle:
+                return handle.read()
+        except Exception as err:  # noqa: BLE001 - any storage failure is one rejected image
+            raise RecordRejected("image_missing", f"image s3://{path}: {type(err).__name__}: {err}") from None
+
+
+def decode_shard(shard: int, items: list[Item], reader: ImageReader, decode: DecodeConfig, geometry: LabelGeometry) -> DecodedShard:
+    """Read, decode and prepare every item of a shard, catching failures per image."""
+    started = time.perf_counter()
+    out = DecodedShard(shard)
+    for item in items:
+        try:
+            image = decode_image(reader.read(item.image), decode)
+            out.prepared.append(prepare(image, geometry))
+            out.items.append(item)
+        except (ImageRejected, RecordRejected) as err:
+            out.rejects.append((item, err.reason, err.detail))
+        except Exception as err:  # noqa: BLE001 - an unexpected failure still costs only this image
+            out.rejects.append((item, "prepare_failed", f"{type(err).__name__}: {err}"))
+    out.decode_seconds = time.perf_counter() - started
+    return out
+
+
+def pack(decoded: DecodedShard, geometry: LabelGeometry) -> bytes:
+    """A decoded shard as one ``.npz`` blob (plain arrays only, no pickle)."""
+    prep = decoded.prepared
+
+    def stack(name: str, side: int) -> np.ndarray:
+        return np.stack([getattr(p, name) for p in prep]) if prep else np.zeros((0, side, side, 3), np.uint8)
+
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        meta=np.array(json.dumps({
+            "shard": decoded.shard,
+            "items": [[i.id, i.image] for i in decoded.items],
+            "sizes": [[p.width, p.height] for p in prep],
+            "rejects": [[i.id, i.image, reason, detail] for i, reason, detail in decoded.rejects],
+            "decode_seconds": decoded.decode_seconds,
+        })),
+        vq_rgb=stack("vq_rgb", geometry.vq_image_size),  # (N, S_vq, S_vq, 3)
+        vae_rgb=stack("vae_rgb", geometry.recon_image_size),  # (N, S_rec, S_rec, 3)
+        pixels=stack("pixels", geometry.vision_side),  # (N, h, h, 3)
+    )
+    return buffer.getvalue()
+
+
+def unpack(blob: bytes) -> DecodedShard:
+    """The inverse of ``pack``."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        vq, vae, pixels = data["vq_rgb"], data["vae_rgb"], data["pixels"]
+    prepared = [PreparedImage(w, h, vq[i], vae[i], pixels[i]) for i, (w, h) in enumerate(meta["sizes"])]
+    return DecodedShard(
+        shard=meta["shard"],
+        items=[Item(*pair) for pair in meta["items"]],
+        prepared=prepared,
+        rejects=[(Item(rid, image), reason, detail) for rid, image, reason, detail in meta["rejects"]],
+        decode_seconds=meta["decode_seconds"],
+    )
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, root: str, decode: DecodeConfig, geometry: LabelGeometry) -> dict:
+    """Ray Data read step: rows {shard, items (JSON)} -> rows {shard, payload (packed shard)}."""
+    reader = ImageReader(root)
+    payloads = []
+    for shard, items_json in zip(batch["shard"], batch["items"]):
+        items = [Item(*pair) for pair in json.loads(str(items_json))]
+        payloads.append(pack(decode_shard(int(shard), items, reader, decode, geometry), geometry))
+    return {"shard": np.asarray(batch["shard"]), "payload": np.array(payloads, dtype=object)}
+
+
+class ShardLabeler:
+    """Ray Data actor: holds the VQ-VAE and VAE, labels packed shards and writes their files."""
+
+    def __init__(self, cfg: dict[str, Any], output: str, threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))  # CPU actors: stay within the CPUs they reserved
+        self.computer = LabelComputer(config_from_dict(cfg))
+        self.output = output
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows {shard, payload} -> one summary row per shard (see ``SUMMARY_KEYS``)."""
+        summaries = [self.label_shard(unpack(bytes(blob))) for blob in batch["payload"]]
+        return {key: np.array([s[key] for s in summaries]) for key in SUMMARY_KEYS}
+
+    def label_shard(self, decoded: DecodedShard) -> dict[str, Any]:
+        """Label one decoded shard and write its rejects file, then its labels file (the completion mark)."""
+        started, model_before = time.perf_counter(), self.computer.model_seconds
+        rows = self.computer.compute(decoded.prepared)
+        for row, item in zip(rows, decoded.items):
+            row.update(id=item.id, image=item.image)
+        rejects = [
+            {"id": i.id, "image": i.image, "reason": reason, "detail": detail} for i, reason, detail in decoded.rejects
+        ]
+        write_table(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), rejects_uri(self.output, decoded.shard))
+        write_table(label_table(rows), labels_uri(self.output, decoded.shard))
+        reasons: dict[str, int] = {}
+        for _, reason, _ in decoded.rejects:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return {
+            "shard": decoded.shard,
+            "rows": len(rows),
+            "rejects": len(rejects),
+            "reasons": json.dumps(reasons, sort_keys=True),
+            "seconds": time.perf_counter() - started,
+            "model_seconds": self.computer.model_seconds - model_before,
+            "decode_seconds": decoded.decode_seconds,
+            "device": self.computer.device.type,
+        }

@@ -1,0 +1,166 @@
+"""Vision-language projectors behind one interface: the SA-Perceiver and the baselines of Tab. 8-9.
+
+Every projector maps the vision tokens of N images, ``v_lo`` (N, l, d) and ``v_hi`` (N, M*l, d) with
+``hi_mask`` (N, M*l) marking real (not padded) tiles, to a ``ProjectorOutput``:
+
+- ``tokens``: one (n_i, D) tensor per image, the visual tokens the LLM receives;
+- ``cue``: (N, n_c, D), the tokens that condition the denoiser (V for the SA-Perceiver; the
+  low-res view's tokens for baselines, so the cue has one length across a batch);
+- ``pooled``: (N, D), the global embedding P (the query token, or the mean of the cue).
+
+Baselines: ``mlp2x_gelu`` (LLaVA-1.5 on the low-res view), ``anyres`` (LLaVA-NeXT: base view and
+every real tile through mlp2x_gelu, tiles flattened row-major, no newline token), ``qformer`` (learnable
+queries cross-attend to the tiles), ``pixel_unshuffle`` (2x2 token merge of each view, then an MLP).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlsa.config import ProjectorConfig
+from vlsa.model.perceiver import SAPerceiver
+
+
+@dataclass
+class ProjectorOutput:
+    """Visual tokens per image, the denoiser cue and the global embedding."""
+
+    tokens: list[torch.Tensor]
+    cue: torch.Tensor
+    pooled: torch.Tensor
+
+
+def mlp2x_gelu(d: int, D: int) -> nn.Sequential:
+    """LLaVA's projector: Linear(d, D) - GELU - Linear(D, D) (keys ``0.*`` and ``2.*`` as in LLaVA)."""
+    return nn.Sequential(nn.Linear(d, D), nn.GELU(), nn.Linear(D, D))
+
+
+class PerceiverProjector(nn.Module):
+    """The SA-Perceiver as a projector: l tokens per image, cue V, pooled P."""
+
+    def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
+        super().__init__()
+        self.num_patches = num_patches
+        self.perceiver = SAPerceiver.from_config(cfg, d, D)
+
+    def token_count(self, num_tiles: int) -> int:
+        """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
+        return self.num_patches
+
+    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+        V, P = self.perceiver(v_lo, v_hi, hi_mask)  # (N, l, D), (N, D)
+        return ProjectorOutput(tokens=list(V), cue=V, pooled=P)
+
+
+class MLPProjector(nn.Module):
+    """LLaVA-1.5 ``mlp2x_gelu`` over the low-res view only (tiles ignored)."""
+
+    def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
+        super().__init__()
+        self.num_patches = num_patches
+        self.mlp = mlp2x_gelu(d, D)
+
+    def token_count(self, num_tiles: int) -> int:
+        """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
+        return self.num_patches
+
+    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+        x = self.mlp(v_lo)  # (N, l, D)
+        return ProjectorOutput(tokens=list(x), cue=x, pooled=x.mean(dim=1))
+
+
+class AnyResProjector(nn.Module):
+    """LLaVA-NeXT AnyRes: base view then every real tile, all through one mlp2x_gelu ((m+1)*l tokens)."""
+
+    def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
+        super().__init__()
+        self.num_patches = num_patches
+        self.mlp = mlp2x_gelu(d, D)
+
+    def token_count(self, num_tiles: int) -> int:
+        """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
+        return (num_tiles + 1) * self.num_patches
+
+    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+        base, tiles = self.mlp(v_lo), self.mlp(v_hi)  # (N, l, D), (N, M*l, D)
+        mask = _full_mask(v_hi) if hi_mask is None else hi_mask
+        tokens = [torch.cat([base[i], tiles[i][mask[i]]]) for i in range(base.shape[0])]
+        return ProjectorOutput(tokens=tokens, cue=base, pooled=base.mean(dim=1))
+
+
+class QFormerProjector(nn.Module):
+    """Q-former-style resampler: learnable queries cross-attend to the tiles, then an MLP block and Linear(d, D)."""
+
+    def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
+        super().__init__()
+        n_q = cfg.num_queries or num_patches
+        self.queries = nn.Parameter(torch.randn(n_q, d) * d**-0.5)
+        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.proj = nn.Linear(d, D)
+
+    def token_count(self, num_tiles: int) -> int:
+        """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
+        return self.queries.shape[0]
+
+    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+        q = self.norm_q(self.queries).unsqueeze(0).expand(v_hi.shape[0], -1, -1)  # (N, n_q, d)
+        kv = self.norm_kv(v_hi)
+        pad = None if hi_mask is None else ~hi_mask  # MultiheadAttention: True = ignore
+        x = self.queries + self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        x = self.proj(x + self.ff(self.norm_ff(x)))  # (N, n_q, D)
+        return ProjectorOutput(tokens=list(x), cue=x, pooled=x.mean(dim=1))
+
+
+class PixelUnshuffleProjector(nn.Module):
+    """Pixel-unshuffle (2x2 neighbouring tokens concatenated channel-wise) of each view, then mlp2x_gelu."""
+
+    def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
+        super().__init__()
+        side = math.isqrt(num_patches)
+        if side * side != num_patches or side % 2:
+            raise ValueError(f"pixel_unshuffle needs an even square patch grid, got l={num_patches} tokens")
+        self.num_patches, self.side = num_patches, side
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.mlp = mlp2x_gelu(4 * d, D)
+
+    def token_count(self, num_tiles: int) -> int:
+        """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
+        return (num_tiles + 1) * self.num_patches // 4
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """(V, l, d) views -> (V, l/4, 4d)."""
+        v, l, d = x.shape
+        grid = x.transpose(1, 2).reshape(v, d, self.side, self.side)  # (V, d, s, s)
+        return self.unshuffle(grid).flatten(2).transpose(1, 2)  # (V, l/4, 4d)
+
+    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+        n, l, d = v_lo.shape
+        base = self.mlp(self._merge(v_lo))  # (N, l/4, D)
+        tiles = self.mlp(self._merge(v_hi.reshape(-1, l, d))).reshape(n, -1, base.shape[-1])  # (N, M*l/4, D)
+        mask = (_full_mask(v_hi) if hi_mask is None else hi_mask)[:, ::4]  # one flag per merged token
+        tokens = [torch.cat([base[i], tiles[i][mask[i]]]) for i in range(n)]
+        return ProjectorOutput(tokens=tokens, cue=base, pooled=base.mean(dim=1))
+
+
+def _full_mask(v_hi: torch.Tensor) -> torch.Tensor:
+    return torch.ones(v_hi.shape[:2], dtype=torch.bool, device=v_hi.device)
+
+
+_PROJECTORS = {
+    "sa_perceiver": PerceiverProjector,
+    "mlp2x_gelu": MLPProjector,
+    "anyres": AnyResProjector,
+    "qformer": QFormerProjector,
+    "pixel_unshuffle": PixelUnshuffleProjector,
+}
+
+
+def build_projector(cfg: ProjectorConfig, d: int, D: int, *, num_patches: int) -> nn.Module:
+    """The projector named by ``cfg.type``, mapping vision width d to LLM width D (l = ``num_patches``)."""
+    return _PROJECTORS[cfg.type](cfg, d, D, num_patches)

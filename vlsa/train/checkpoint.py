@@ -1,0 +1,223 @@
+"""Checkpoints on local disk or ``s3://``: layout, manifest, discovery, pruning, RNG state.
+
+A checkpoint is one folder ``<storage_path>/<run name>/<NN>_<stage>_step<SSSSSSSS>/`` holding
+
+- ``ds/``: the DeepSpeed checkpoint (model, ZeRO optimizer shards of every rank, LR scheduler);
+- ``rng/rank_RRRRR.pt``: each worker's Python, NumPy and torch RNG states;
+- ``trainer_state.json``: stage, step, data position, skip counters (written by rank 0);
+- ``model.pt``: full model weights, only in the checkpoint that ends a stage;
+- ``manifest.json``: every other file with its size, written last, once all of them are stored.
+
+Only folders with a manifest whose files are all present at their sizes count: a checkpoint cut
+short by a crash is never loaded, whatever else is in it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlsa.io import storage
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+WEIGHTS = "model.pt"
+DS_TAG = "ds"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^(\d{2})_(.+)_step(\d{8})$")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint found in storage."""
+
+    uri: str
+    stage_index: int
+    stage: str
+    step: int
+    final: bool
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return self.stage_index, self.step
+
+
+def checkpoint_name(stage_index: int, stage: str, step: int) -> str:
+    """Folder name of a checkpoint; names sort in training order."""
+    return f"{stage_index:02d}_{stage}_step{step:08d}"
+
+
+def run_uri(storage_path: str, run_name: str) -> str:
+    """Folder (or ``s3://`` prefix) of a run: Ray Train's experiment folder."""
+    return storage.join(storage_path, run_name)
+
+
+# ------------------------------------------------------------------------------------------ listing
+
+
+def _filesystem(uri: str):
+    """(pyarrow filesystem, path) for a local folder or an ``s3://`` prefix."""
+    from pyarrow import fs
+
+    filesystem, path = storage.pyarrow_filesystem(uri)
+    return (filesystem or fs.LocalFileSystem()), path
+
+
+def file_sizes(uri: str) -> dict[str, int]:
+    """Every file below ``uri`` as ``{relative path: size}`` (empty when ``uri`` does not exist)."""
+    from pyarrow import fs
+
+    filesystem, root = _filesystem(uri)
+    infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+    prefix = root.rstrip("/") + "/"
+    return {i.path[len(prefix):]: i.size for i in infos if i.type == fs.FileType.File and i.path.startswith(prefix)}
+
+
+def write_manifest(uri: str, expected: dict[str, int], meta: dict[str, Any]) -> dict[str, Any]:
+    """Check that every ``expected`` file is stored at its size, then write the manifest (last).
+
+    ``expected`` maps relative paths to sizes (the files every worker wrote); ``meta`` holds
+    ``stage_index``, ``stage``, ``step`` and ``final``.
+    """
+    stored = file_sizes(uri)
+    wrong = {p: (size, stored.get(p)) for p, size in expected.items() if stored.get(p) != size}
+    if wrong:
+        sample = dict(list(wrong.items())[:5])
+        raise RuntimeError(f"checkpoint {uri}: {len(wrong)} files missing or of another size (expected, stored): {sample}")
+    manifest = {"format": FORMAT_VERSION, **meta, "files": dict(sorted(expected.items())), "created": time.time()}
+    storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def _complete(folder: str, files: dict[str, int], manifest: dict[str, Any]) -> bool:
+    return manifest.get("format") == FORMAT_VERSION and all(
+        files.get(f"{folder}/{path}") == size for path, size in manifest.get("files", {}).items()
+    )
+
+
+def list_complete(run: str) -> list[CheckpointInfo]:
+    """Complete checkpoints of a run, oldest first; folders without a valid manifest are ignored."""
+    files = file_sizes(run)
+    found = []
+    for rel in files:
+        folder, _, name = rel.partition("/")
+        if name != MANIFEST or not _NAME.match(folder):
+            continue
+        try:
+            manifest = json.loads(storage.read_bytes(storage.join(run, rel)))
+        except (ValueError, OSError):
+            continue  # unreadable manifest: treat as partial
+        if _complete(folder, files, manifest):
+            found.append(CheckpointInfo(storage.join(run, folder), int(manifest["stage_index"]), manifest["stage"],
+                                        int(manifest["step"]), bool(manifest["final"])))
+    return sorted(found, key=lambda c: c.order)
+
+
+def latest_complete(run: str) -> CheckpointInfo | None:
+    """The newest complete checkpoint of a run (by stage, then step), or None."""
+    complete = list_complete(run)
+    return complete[-1] if complete else None
+
+
+def stage_final(run: str, stage_index: int) -> CheckpointInfo | None:
+    """The complete checkpoint that ended stage ``stage_index``, or None."""
+    return next((c for c in list_complete(run) if c.stage_index == stage_index and c.final), None)
+
+
+def prune(run: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` mid-stage checkpoints of each stage; stage ends are kept.
+
+    The manifest goes first, so a deletion cut short leaves a folder that is never loaded.
+    """
+    doomed: list[CheckpointInfo] = []
+    complete = [c for c in list_complete(run) if not c.final]
+    for stage_index in {c.stage_index for c in complete}:
+        mine = [c for c in complete if c.stage_index == stage_index]
+        doomed += mine[: max(0, len(mine) - keep)]
+    for info in doomed:
+        filesystem, path = _filesystem(info.uri)
+        filesystem.delete_file(f"{path}/{MANIFEST}")
+        filesystem.delete_dir(path)
+    return [c.uri for c in doomed]
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def local_folder(uri: str, scratch: str | Path) -> Path:
+    """A local folder with the checkpoint's files: the folder itself, or a download into ``scratch``."""
+    if not storage.is_s3(uri):
+        return Path(uri).expanduser()
+    target = Path(scratch) / Path(uri.rstrip("/")).name
+    return storage.download_dir(uri, target)
+
+
+def read_json(uri: str, name: str) -> dict[str, Any]:
+    """A JSON file of a checkpoint (``trainer_state.json``, ``manifest.json``)."""
+    return json.loads(storage.read_bytes(storage.join(uri, name)))
+
+
+def load_weights(uri: str) -> dict[str, Any]:
+    """The full model state dict saved at the end of a stage (``model.pt`` of the checkpoint)."""
+    import io
+
+    import torch
+
+    path = storage.join(uri, WEIGHTS)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights")
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------ RNG
+
+
+def rng_file(rank: int) -> str:
+    return f"rng/rank_{rank:05d}.pt"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and every CUDA device) RNG states."""
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng`."""
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rng(folder: str | Path, rank: int) -> None:
+    import torch
+
+    path = Path(folder) / rng_file(rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(capture_rng(), path)
+
+
+def load_rng(folder: str | Path, rank: int) -> None:
+    import torch
+
+    path = Path(folder) / rng_file(rank)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {folder} has no RNG state for rank {rank} ({rng_file(rank)}); "
+                                "resume with the same number of workers it was saved with")
+    # NumPy's state tuple is not a plain tensor structure, so the safe loader cannot read it.
+    restore_rng(torch.load(path, weights_only=False))

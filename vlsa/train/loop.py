@@ -1,0 +1,377 @@
+"""The per-worker training function that Ray Train runs: the stages in sequence, one DeepSpeed
+engine each.
+
+Each stage builds the model from the config, loads the weights the previous stage ended with (or
+``train.init_from``), freezes and groups parameters for its learning rates (Tab. 7), and trains
+with its own data, batch size and ZeRO stage. On start the newest complete checkpoint of the run
+decides where to continue: after a finished stage, or inside one with the optimizer, scheduler,
+RNG and data position restored. Rank 0 logs to the stage's MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from vlsa.config import Config, ConfigError, config_from_dict
+from vlsa.train import checkpoint as ckpt
+from vlsa.train import state as train_state
+from vlsa.train.step import StepResult, SkipGuard, to_device, train_step
+
+logger = logging.getLogger(__name__)
+GRID_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the driver resolved for the workers."""
+
+    run: str
+    """Run folder (``<storage_path>/<name>``, local or ``s3://``)."""
+    tracking_uri: str
+    """MLflow tracking URI."""
+    parent_run_id: str
+    """The job's MLflow run; stages log to runs nested under it."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to :class:`Hooks`: where the loop is."""
+
+    stage_index: int
+    stage: str
+    step: int
+    rank: int
+    result: StepResult | None = None
+
+
+@dataclass
+class Hooks:
+    """Optional callbacks for tests and tools; a normal run has none."""
+
+    on_batch: Callable[[dict, StepInfo], dict] | None = None
+    """Called with each micro-batch before the step (``step`` is the step about to run)."""
+    after_step: Callable[[StepInfo], None] | None = None
+    """Called after each optimizer step, before any checkpoint of that step."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+def import_deepspeed():
+    """DeepSpeed, with its CPU accelerator where there is no GPU (gloo, no op builds).
+
+    On CPU, DeepSpeed's communication layer would JIT-compile a shared-memory all-reduce kernel
+    (a C++ toolchain and about a minute on first use) that only its inference path calls; training
+    goes through ``torch.distributed``, so the kernel is marked unavailable instead of compiled.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return deepspeed
+
+
+def setup_worker(use_gpu: bool) -> Worker:
+    """Rank, world size and device of this worker, with a process group (made here in local mode)."""
+    import ray.train
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = torch.device("cuda", context.get_local_rank()) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():  # ScalingConfig(num_workers=0) runs in-process without one
+        _single_process_group(device)
+    return Worker(rank, world_size, device)
+
+
+def _single_process_group(device: torch.device) -> None:
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
+def seed_everything(seed: int, stage_index: int, rank: int) -> None:
+    """Seed Python, NumPy and torch per (run seed, stage, rank): workers draw different noise."""
+    import numpy as np
+
+    value = (seed * 1_000_003 + stage_index * 1009 + rank) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute LLM, vision-tower and denoiser activations in the backward pass."""
+    model.language_model.gradient_checkpointing_enable()
+    model.vision_tower.gradient_checkpointing_enable()
+    if model.recon_head is not None:
+        model.recon_head.denoiser.enable_gradient_checkpointing()
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where this attempt starts."""
+
+    start: int
+    """Index of the first stage to run."""
+    resume: ckpt.CheckpointInfo | None
+    """A mid-stage checkpoint of stage ``start`` to continue from."""
+    weights: str
+    """Checkpoint whose full weights stage ``start`` begins with ("" : the built model as is)."""
+
+
+def make_plan(cfg: Config, run: str) -> Plan:
+    """The plan from the newest complete checkpoint of ``run`` (a partial one is never considered)."""
+    latest = ckpt.latest_complete(run)
+    if latest is None:
+        return Plan(0, None, cfg.train.init_from)
+    names = [s.name for s in cfg.train.stages]
+    if latest.stage_index >= len(names) or names[latest.stage_index] != latest.stage:
+        raise ConfigError(f"run {run} has a checkpoint of stage {latest.stage_index} {latest.stage!r}, but the "
+                          f"config's stages are {names}: use another run.name or the run's stages")
+    if latest.final:
+        return Plan(latest.stage_index + 1, None, latest.uri)
+    before = ckpt.stage_final(run, latest.stage_index - 1) if latest.stage_index else None
+    return Plan(latest.stage_index, latest, before.uri if before else cfg.train.init_from)
+
+
+# ------------------------------------------------------------------------------------------ stage
+
+
+def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, total_steps: int):
+    """(engine, model, optimizer, param group names) of one stage."""
+    deepspeed = import_deepspeed()
+    from vlsa.model.builder import build_model
+    from vlsa.model.params import apply_stage
+    from vlsa.train.deepspeed_config import deepspeed_config
+    from vlsa.train.schedule import build_scheduler
+
+    stage = cfg.train.stages[stage_index]
+    model = build_model(cfg)
+    if weights:
+        model.load_state_dict(ckpt.load_weights(weights), strict=True)
+    groups = apply_stage(model, stage)
+    if cfg.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    model.to(worker.device)
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups],
+                                  weight_decay=stage.weight_decay)
+    scheduler = build_scheduler(optimizer, total_steps, stage.warmup_ratio)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, stage, worker.world_size, worker.device.type),
+    )
+    return engine, model, optimizer, [g["name"] for g in groups]
+
+
+def visual_token_counter(model) -> Callable[[dict], int]:
+    """LLM input tokens of a batch: text tokens with each ``<image>`` replaced by its visual tokens."""
+
+    def count(batch: dict) -> int:
+        tiles = batch["tile_mask"].sum(dim=1).tolist() if "tile_mask" in batch else []
+        visual = sum(model.token_count(int(m)) for m in tiles)
+        return int(batch["attention_mask"].sum()) - int(batch["image_counts"].sum()) + visual
+
+    return count
+
+
+def step_metrics(result: StepResult, lrs: dict[str, float], progress: train_state.Progress, seconds: float,
+                 epoch: float) -> dict[str, float]:
+    """The MLflow metrics of one optimizer step."""
+    metrics = {k: v for k, v in result.losses.items() if _finite(v)}
+    metrics |= {f"lr/{name}": lr for name, lr in lrs.items()}
+    if _finite(result.grad_norm):
+        metrics["grad_norm"] = result.grad_norm
+    metrics |= {"skipped_steps": float(progress.skips.total), "step_skipped": float(not result.applied),
+                "samples_per_s": result.samples / seconds, "tokens_per_s": result.tokens / seconds,
+                "epoch": epoch}
+    return metrics
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+class StageRun:
+    """One stage on one worker: engine, data, progress, tracking."""
+
+    def __init__(self, cfg: Config, job: JobInfo, worker: Worker, stage_index: int, plan: Plan,
+                 hooks: Hooks | None) -> None:
+        from vlsa.train.data import build_stage_data
+
+        self.cfg, self.job, self.worker, self.index = cfg, job, worker, stage_index
+        self.stage = cfg.train.stages[stage_index]
+        self.hooks = hooks or Hooks()
+        seed_everything(cfg.train.seed, stage_index, worker.rank)
+        from vlsa.model.builder import build_model_tokenizer
+
+        self.data = build_stage_data(cfg, self.stage, build_model_tokenizer(cfg), rank=worker.rank,
+                                     world_size=worker.world_size)
+        self.engine, self.model, self.optimizer, self.group_names = build_engine(
+            cfg, stage_index, plan.weights, worker, self.data.total_steps)
+        self.progress = train_state.Progress(0, SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} "))
+        resume = plan.resume if plan.start == stage_index else None
+        if resume is not None:
+            self._restore(resume)
+        self.tracker = self._tracker(resumed=resume is not None)
+
+    def _restore(self, info: ckpt.CheckpointInfo) -> None:
+        state = train_state.restore(self.engine, info, rank=self.worker.rank, world_size=self.worker.world_size)
+        self.data.load_state_dict(state["data"])
+        self.progress.step, self.progress.samples = int(state["step"]), int(state["samples"])
+        self.progress.skips.load_state_dict(state["skips"])
+        if self.worker.rank == 0:
+            print(f"[vlsa] {self.stage.name}: resumed at step {self.progress.step} from {info.uri}", flush=True)
+
+    def _tracker(self, resumed: bool):
+        if self.worker.rank != 0:
+            return None
+        from vlsa.train.tracking import StageTracker
+
+        tracker = StageTracker(self.job.tracking_uri, self.job.parent_run_id, self.stage.name)
+        tracker.log_params({"total_steps": self.data.total_steps, "samples": len(self.data.dataset),
+                            "world_size": self.worker.world_size, "zero_stage": self.stage.zero_stage,
+                            "accumulation": self.stage.accumulation(self.worker.world_size)})
+        tracker.client.set_tag(tracker.run_id, "vlsa.resumed", str(resumed))
+        return tracker
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def run(self) -> str:
+        """Train to the stage's last step; returns the URI of the checkpoint that ends the stage."""
+        stream = self.data.micro_batches()
+        accumulation = self.engine.gradient_accumulation_steps()
+        every = self.cfg.train.checkpoint_every
+        while self.progress.step < self.data.total_steps:
+            self.one_step(stream, accumulation)
+            if every and self.progress.step % every == 0 and self.progress.step < self.data.total_steps:
+                self.save(final=False)
+        self.log_reconstructions()
+        uri = self.save(final=True)
+        if self.tracker is not None:
+            self.tracker.finish()
+        return uri
+
+    def _lrs(self) -> dict[str, float]:
+        return {name: float(group["lr"]) for name, group in zip(self.group_names, self.optimizer.param_groups)}
+
+    def one_step(self, stream, accumulation: int) -> StepResult:
+        from vlsa.train.data import take
+
+        info = StepInfo(self.index, self.stage.name, self.progress.step + 1, self.worker.rank)
+        batches = take(stream, accumulation)
+        if self.hooks.on_batch is not None:
+            batches = [self.hooks.on_batch(b, info) for b in batches]
+        batches = [to_device(b, self.worker.device) for b in batches]
+        lrs, start = self._lrs(), time.perf_counter()
+        result = train_step(self.engine, batches, tokens_of=visual_token_counter(self.model))
+        seconds = time.perf_counter() - start
+        self.progress.step += 1
+        self.progress.samples += result.samples
+        self.progress.skips.record(result)
+        self._log(result, lrs, seconds)
+        self.progress.skips.check(result, self.progress.step)  # raises after too many skips in a row
+        if self.hooks.after_step is not None:
+            self.hooks.after_step(StepInfo(self.index, self.stage.name, self.progress.step, self.worker.rank, result))
+        return result
+
+    def _log(self, result: StepResult, lrs: dict[str, float], seconds: float) -> None:
+        if self.worker.rank != 0:
+            return
+        epoch = self.progress.samples / max(1, len(self.data.dataset))
+        metrics = step_metrics(result, lrs, self.progress, seconds, epoch)
+        self.tracker.log_metrics(metrics, self.progress.step)
+        total = self.data.total_steps
+        if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
+            loss = result.losses.get("loss", float("nan"))
+            print(f"[vlsa] {self.stage.name} step {self.progress.step}/{total} loss {loss:.4f} "
+                  f"grad_norm {result.grad_norm:.3f} {metrics['samples_per_s']:.1f} samples/s", flush=True)
+
+    # ------------------------------------------------------------------------------------ outputs
+
+    def save(self, final: bool) -> str:
+        place = train_state.Place(self.job.run, self.index, self.stage.name, self.progress.step)
+        metrics = {"stage_index": float(self.index), "step": float(self.progress.step), "final": float(final)}
+        return train_state.save(self.engine, place, self.progress, self.data.state_dict(), rank=self.worker.rank,
+                                world_size=self.worker.world_size, final=final,
+                                keep=self.cfg.train.keep_checkpoints, metrics=metrics)
+
+    def log_reconstructions(self) -> None:
+        """Inputs vs images sampled from the projector outputs, as an artifact of the stage run.
+
+        Every worker runs the sampling (ZeRO-3 gathers parameters collectively); rank 0 logs it.
+        """
+        if self.model.recon_head is None:
+            return
+        from vlsa.train.tracking import reconstruction_grid
+
+        batch = to_device(self._grid_batch(), self.worker.device)
+        generator = torch.Generator(device=self.worker.device).manual_seed(self.cfg.train.seed)
+        with torch.no_grad():
+            outputs = self.model.reconstruct(batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"], generator=generator)
+            inputs = batch.get("recon_pixels")
+            if inputs is None:
+                from vlsa.model.reconstruction import decode_latent
+
+                inputs = decode_latent(self.model.recon_head.vae, batch["recon_latent"])
+        if self.tracker is not None:
+            grid = reconstruction_grid(inputs[:GRID_IMAGES].cpu(), outputs[:GRID_IMAGES].cpu())
+            self.tracker.log_image(grid, f"reconstruction/{self.stage.name}_step{self.progress.step:08d}.png")
+
+    def _grid_batch(self) -> dict:
+        from vlsa.data.collate import Collator
+
+        samples = []
+        for i in range(len(self.data.dataset)):
+            sample = self.data.dataset[i]
+            if sample["pixel_lo"].shape[0]:
+                samples.append(sample)
+            if sum(s["pixel_lo"].shape[0] for s in samples) >= GRID_IMAGES:
+                break
+        return Collator(self.model.tokenizer.pad_token_id)(samples)
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def train_worker(config: dict[str, Any], hooks: Hooks | None = None) -> None:
+    """Ray Train's per-worker function: ``config = {"cfg": Config.to_dict(), "job": JobInfo fields}``."""
+    cfg = config_from_dict(config["cfg"])
+    job = JobInfo(**config["job"])
+    worker = setup_worker(cfg.run.use_gpu)
+    plan = make_plan(cfg, job.run)
+    weights = plan.weights
+    for index in range(plan.start, len(cfg.train.stages)):
+        stage_run = StageRun(cfg, job, worker, index, Plan(plan.start, plan.resume, weights), hooks)
+        weights = stage_run.run()
+        del stage_run  # frees the engine before the next stage builds its own
+    if plan.start == len(cfg.train.stages) and worker.rank == 0:
+        print(f"[vlsa] every stage of run {job.run} is already complete", flush=True)

@@ -1,0 +1,153 @@
+"""MLflow tracking: one run per job, one nested run per stage.
+
+The driver opens (or, for a re-run with the same name, reopens) the parent run and logs the
+resolved config as flattened params; rank 0 of the workers logs per-step metrics and the
+reconstruction grids to the stage's nested run. Everything goes through ``MlflowClient`` with
+explicit run ids, so no process-global "active run" is involved. Secrets never reach MLflow:
+keys that name one are masked and credentials inside URLs are stripped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from vlsa.config import flatten
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_TAG = "vlsa.run"
+STAGE_TAG = "vlsa.stage"
+MASK = "***"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|api_?key|access_?key|private_?key|auth)", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+
+
+def tracking_uri(configured: str) -> str:
+    """The config's URI, else ``MLFLOW_TRACKING_URI``, else ``./mlruns`` (made absolute for workers)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri or Path("mlruns").resolve().as_uri()
+
+
+def redact(key: str, value: Any) -> str:
+    """The param value MLflow may see: masked for secret-looking keys, URL credentials stripped, capped."""
+    if _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+        return MASK
+    text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", str(value))
+    return text[:MAX_PARAM_LENGTH]
+
+
+def config_params(config: dict[str, Any]) -> dict[str, str]:
+    """The resolved config as flattened ``a.b.c -> value`` params, secrets masked."""
+    return {key: redact(key, value) for key, value in flatten(config).items()}
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    """The id of experiment ``name`` (created when missing)."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else mlflow_client.create_experiment(name)
+
+
+def _find_run(mlflow_client, exp_id: str, tags: dict[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlflow_client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def open_parent_run(uri: str, experiment: str, run_name: str, run_key: str, params: dict[str, str]) -> str:
+    """The job's run: reopened when a run with the same ``run_key`` exists (a re-run continues it).
+
+    Params are immutable in MLflow, so a reopened run gets only the params it lacks; changed
+    values are listed in the ``vlsa.changed_params`` tag instead.
+    """
+    from mlflow.entities import Param, RunTag
+
+    mlflow_client = client(uri)
+    exp_id = experiment_id(mlflow_client, experiment)
+    run_id = _find_run(mlflow_client, exp_id, {RUN_TAG: run_key, "vlsa.kind": "job"})
+    if run_id is None:
+        run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags={RUN_TAG: run_key, "vlsa.kind": "job"}).info.run_id
+        known: dict[str, str] = {}
+    else:
+        mlflow_client.update_run(run_id, status="RUNNING")
+        known = mlflow_client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in known]
+    changed = sorted(k for k, v in params.items() if k in known and known[k] != v)
+    tags = [RunTag("vlsa.changed_params", ",".join(changed)[:MAX_PARAM_LENGTH])] if changed else []
+    for start in range(0, len(new), 100):  # MLflow takes at most 100 params per batch
+        mlflow_client.log_batch(run_id, params=new[start:start + 100], tags=tags if start == 0 else [])
+    if not new and tags:
+        mlflow_client.log_batch(run_id, tags=tags)
+    return run_id
+
+
+def close_run(uri: str, run_id: str, ok: bool) -> None:
+    client(uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+class StageTracker:
+    """Per-step metrics and images of one stage, logged to a run nested under the job's run."""
+
+    def __init__(self, uri: str, parent_run_id: str, stage: str) -> None:
+        self.client = client(uri)
+        parent = self.client.get_run(parent_run_id)
+        exp_id = parent.info.experiment_id
+        tags = {PARENT_TAG: parent_run_id, STAGE_TAG: stage}
+        # A resumed stage keeps logging to the run it started.
+        self.run_id = _find_run(self.client, exp_id, tags) or self.client.create_run(exp_id, run_name=stage, tags=tags).info.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Metrics of one optimizer step (``step``: 1-based within the stage)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(metrics.items())])
+
+    def log_image(self, image, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        known = self.client.get_run(self.run_id).data.params
+        new = [Param(k, redact(k, v)) for k, v in params.items() if k not in known]
+        if new:
+            self.client.log_batch(self.run_id, params=new)
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+
+def reconstruction_grid(inputs, outputs, min_side: int = 64):
+    """A PIL image: inputs (top row) over their reconstructions (bottom row), both (N, 3, S, S) in [-1, 1].
+
+    Tiny images are enlarged (nearest neighbour) to at least ``min_side`` pixels so they can be seen.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if inputs.shape != outputs.shape or inputs.dim() != 4:
+        raise ValueError(f"grid needs inputs and outputs of one (N, 3, S, S) shape, got {tuple(inputs.shape)} and {tuple(outputs.shape)}")
+    n, _, side, _ = inputs.shape
+    scale = max(1, -(-min_side // side))
+    gap = 2
+    rows = torch.stack([inputs, outputs]).float().clamp(-1, 1)  # (2, N, 3, S, S)
+    pixels = ((rows + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()  # (2, N, S, S, 3)
+    cell = side * scale
+    canvas = np.full((2 * cell + 3 * gap, n * cell + (n + 1) * gap, 3), 255, dtype=np.uint8)
+    for r in range(2):
+        for c in range(n):
+            big = pixels[r, c].repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = gap + r * (cell + gap), gap + c * (cell + gap)
+            canvas[top:top + cell, left:left + cell] = big
+    return Image.fromarray(canvas)
