@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="exported model folder or training checkpoint (local or s3://)")
     parser.add_argument("--questions", default="", help="LLaVA question file (default: eval.data, else the demo split)")
-    parser.add_argument("--image-root", default="", help="folder or s3:// prefix of the images (default: eval.image_root)")
+    parser.add_argument("--image-root", default="", help="image folder or s3:// prefix (default: eval.image_root)")
     parser.add_argument("--answers", default="", help="answer file to write (local or s3://)")
     parser.add_argument("--gt", default="", help="ground truth in the benchmark's official format")
     parser.add_argument("--benchmark", default="", help="scorer name (python -m vlsa.eval.score --list)")

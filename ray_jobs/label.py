@@ -30,22 +30,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def init_ray(num_cpus: int) -> bool:
-    """Join the submitting cluster, or start a local instance with explicit resources; True if started here."""
+def init_ray(num_cpus: int) -> None:
+    """Join the cluster the job was submitted to, or start a local instance with explicit resources.
+
+    Only ``RAY_ADDRESS`` selects a cluster: a bare ``ray.init()`` could join an unrelated local one.
+    """
     import ray
     import torch
 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
-        return False
-    ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False)
-    return True
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a bad config fails before Ray starts
     import ray
 
     init_ray(args.num_cpus)

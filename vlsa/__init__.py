@@ -22,6 +22,9 @@ _LAZY = {
     "VLSAModel": "vlsa.model.vlm",
     "CompressiveEncoder": "vlsa.model.encoding",
     "export_inference_model": "vlsa.model.export",
+    "load_inference_model": "vlsa.model.export",
+    "build_projector": "vlsa.model.projectors",
+    "apply_stage": "vlsa.model.params",
 }
 
 __all__ = ["Config", "ConfigError", "load_config", *_LAZY]

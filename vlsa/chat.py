@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="exported model folder or training checkpoint (local or s3://)")
     parser.add_argument("--image", required=True, help="image file (local or s3://)")
     parser.add_argument("--prompt", default=None, help="one question; without it, questions come from stdin")
-    parser.add_argument("--config", default="tiny", help="preset or YAML of a training checkpoint's run (default: tiny)")
+    parser.add_argument("--config", default="tiny", help="a checkpoint's run config (default: tiny)")
     parser.add_argument("--template", default="", help="chat template (default: the config's eval.template)")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="answer budget (default: eval.max_new_tokens)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.cache_dir=DIR")

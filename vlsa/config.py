@@ -170,6 +170,8 @@ class VDEPConfig:
     """Hidden state at image position i regresses the projector output at i+1 (false: same position)."""
     split_batch: bool = True
     """In pre-training, half of each batch in VDEP mode and half in plain mode (as the paper)."""
+    in_finetuning: bool = False
+    """Also add L_vdep in stages that train the LLM (the paper uses it in pre-training only)."""
 
 
 @dataclass
@@ -452,6 +454,46 @@ class DemoConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Hyper-parameter sweeps (``ray_jobs/tune.py``) and ablation tables."""
+
+    metric: str = "loss"
+    """Metric the sweep optimises: any key training reports (``loss``, ``loss_lm``) or ``eval_accuracy`` (held-out)."""
+    mode: str = "min"
+    """``min`` or ``max`` of ``metric``."""
+    num_samples: int = 1
+    """Samples of the search space (each grid point is repeated this many times)."""
+    scheduler: str = "fifo"
+    """``fifo`` (every trial runs to its end) or ``asha`` (early stopping of poor trials)."""
+    grace_period: int = 1
+    """ASHA: reports a trial gets before it may be stopped."""
+    reduction_factor: int = 2
+    """ASHA: fraction of trials promoted at each rung is 1/reduction_factor."""
+    max_concurrent: int = 0
+    """Trials run at once (0: as many as the cluster's CPUs fit, trial drivers and their workers included)."""
+    max_failures: int = 0
+    """Retries of a failed trial (it continues from its newest checkpoint)."""
+    variant: str = ""
+    """Label of a named grid point (set by the sweep; informational)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("tune.mode", self.mode, ("min", "max"))
+        _check_choice("tune.scheduler", self.scheduler, ("fifo", "asha"))
+        for name in ("num_samples", "grace_period", "reduction_factor"):
+            _check_positive(f"tune.{name}", getattr(self, name))
+        if self.max_concurrent < 0 or self.max_failures < 0:
+            raise ConfigError(f"tune.max_concurrent and tune.max_failures must be >= 0, got "
+                              f"{self.max_concurrent}, {self.max_failures}")
+        if self.scheduler == "asha" and self.final_metric():
+            raise ConfigError(f"tune.scheduler=asha stops trials on a metric reported during training; "
+                              f"tune.metric={self.metric!r} is only measured after training")
+
+    def final_metric(self) -> bool:
+        """Whether ``metric`` is measured once after training (the held-out ``eval_*`` metrics)."""
+        return self.metric.startswith("eval_")
+
+
+@dataclass
 class BenchConfig:
     """Benchmark sizes (``python -m vlsa.bench``); the model sizes come from the preset's parts."""
 
@@ -471,6 +513,8 @@ class BenchConfig:
     """Latency inputs: square images of side g x the vision input size (g*g tiles), one per entry."""
     label_images: int = 16
     """Images labelled per timed pass of the labeling benchmark."""
+    threads: int = 0
+    """torch CPU threads while measuring (0: torch's default)."""
 
     def __post_init__(self) -> None:
         for name in ("batch", "text_tokens", "tiles", "repeats", "label_images"):
@@ -497,6 +541,8 @@ class Config:
     """Generated demo data."""
     bench: BenchConfig = field(default_factory=BenchConfig)
     """Benchmark sizes."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Sweeps and ablation tables."""
     preset: str = ""
     """Name of the preset this config came from (informational)."""
 

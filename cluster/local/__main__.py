@@ -30,17 +30,18 @@ def exports(state: dict) -> str:
     return "\n".join(lines)
 
 
-def how_to(state: dict) -> str:
+def how_to(state: dict, state_dir: Path) -> str:
     """What to run next, printed after ``start`` and by ``status``."""
     head, mlflow, s3 = services(state)
+    where = "" if state_dir.resolve() == default_state_dir().resolve() else f" --state-dir {state_dir}"
     text = [
         f"Ray dashboard  {head.dashboard_url}  (token: {head.token_path})",
         f"MLflow UI      {mlflow.uri}" + (f"  (user admin, password: {mlflow.password_file})" if mlflow.password_file else ""),
     ]
     if s3:
         text.append(f"S3 endpoint    {s3.endpoint}  (bucket s3://vlsa, dummy credentials)")
-    text += ["", "Use it from this shell:", "  eval \"$(python -m cluster.local env)\"",
-             "  ray job submit --working-dir . -- python ray_jobs/train.py", "Stop it:", "  python -m cluster.local stop"]  # fmt: skip
+    text += ["", "Use it from this shell:", f"  eval \"$(python -m cluster.local env{where})\"",
+             "  ray job submit --working-dir . -- python ray_jobs/train.py", "Stop it:", f"  python -m cluster.local stop{where}"]  # fmt: skip
     return "\n".join(text)
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     state = read_state(args.state_dir)
     if args.command == "start":
         state = start_stack(args.state_dir, s3=args.s3, auth=not args.no_auth, num_cpus=args.num_cpus)
-        print(how_to(state))
+        print(how_to(state, args.state_dir))
         return 0
     if state is None:
         print(f"no stack recorded in {args.state_dir}", file=sys.stderr)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "env":
         print(exports(state))
     else:
-        print(_status(state) + "\n\n" + how_to(state))
+        print(_status(state) + "\n\n" + how_to(state, args.state_dir))
     return 0
 
 

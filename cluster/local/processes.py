@@ -22,11 +22,21 @@ from typing import Iterable
 import psutil
 
 
+# Ports handed out by this process so far: a port chosen for one service that has not bound it yet
+# still looks free, and the OS may offer it again to the next service starting alongside.
+_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody listens on right now (the OS picks it), never one this process handed out
+    before: services that start at the same time must not be given the same port."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def spawn(argv: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None = None) -> subprocess.Popen:

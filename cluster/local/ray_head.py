@@ -15,10 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.local.processes import find_processes, free_port, http_status, stop_matching
+from cluster.local.processes import find_processes, free_port, http_status, reap, spawn, stop_matching
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 
@@ -32,7 +32,7 @@ class RayHead:
     temp_dir: str
     token_path: str
     session_id: int
-    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None  # the `ray start` process, while this process waits for it
 
     @property
     def auth_env(self) -> dict[str, str]:
@@ -79,9 +79,32 @@ def _ports() -> dict[str, int]:
     return ports
 
 
-def start_ray_head(num_cpus: int = 6, env: dict[str, str] | None = None, timeout: float = 120.0) -> RayHead:
-    """Start a head (blocks until ``ray start`` returns and the dashboard answers); ``env`` adds variables
-    that the head and therefore every job driver and worker inherit (e.g. ``MLFLOW_TRACKING_URI``)."""
+class RayStartError(RuntimeError):
+    """``ray start`` itself failed. Ray gives the raylet 30 s to register with the GCS, which a heavily
+    loaded machine can exceed; a fresh attempt usually succeeds."""
+
+
+def start_ray_head(
+    num_cpus: int = 6, env: dict[str, str] | None = None, wait: bool = True, timeout: float = 180.0, attempts: int = 2
+) -> RayHead:
+    """Start a head; ``env`` adds variables that the head and so every job driver and worker inherit
+    (e.g. ``MLFLOW_TRACKING_URI``). With ``wait=False`` it returns while ``ray start`` still runs: call
+    :func:`wait_ray_head` before use (this lets other services boot at the same time). With ``wait``,
+    a failed ``ray start`` is retried with a fresh head, ``attempts`` tries in all."""
+    for attempt in range(1, attempts + 1):
+        head = _launch(num_cpus, env)
+        if not wait:
+            return head
+        try:
+            wait_ray_head(head, timeout)
+            return head
+        except RayStartError:
+            if attempt == attempts:
+                raise
+    raise ValueError(f"attempts must be at least 1, got {attempts}")
+
+
+def _launch(num_cpus: int, env: dict[str, str] | None) -> RayHead:
     temp_dir = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: socket paths live below it
     token_path = write_token(Path(temp_dir) / "auth_token")
     ports = _ports()
@@ -90,30 +113,27 @@ def start_ray_head(num_cpus: int = 6, env: dict[str, str] | None = None, timeout
     full_env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0"})
     # `python` in a job's entrypoint must be this interpreter (the one with the project installed).
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
-    proc = subprocess.Popen(
-        start_args(temp_dir, num_cpus, ports), env=full_env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    head = RayHead(
+    proc = spawn(start_args(temp_dir, num_cpus, ports), env=full_env, log_path=Path(temp_dir) / "ray_start.log")
+    return RayHead(
         address="", dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}", temp_dir=temp_dir,
-        token_path=str(token_path), session_id=proc.pid, extra_env=dict(env or {}),
+        token_path=str(token_path), session_id=proc.pid, proc=proc,
     )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_ray_head(head)
-        raise TimeoutError(f"ray start did not return within {timeout:.0f} s (temp dir {temp_dir})")
-    if proc.returncode != 0:
-        stop_ray_head(head)
-        raise RuntimeError(f"ray start failed with exit code {proc.returncode}:\n{output[-4000:]}")
-    head.address = (Path(temp_dir) / "ray_current_cluster").read_text().strip()
-    _wait_dashboard(head, timeout)
-    return head
 
 
-def _wait_dashboard(head: RayHead, timeout: float) -> None:
-    """The Jobs API is served by the dashboard, which can come up a moment after ``ray start`` returns."""
+def wait_ray_head(head: RayHead, timeout: float = 180.0) -> None:
+    """Block until ``ray start`` has returned and the dashboard (the Jobs API) answers; on failure stop
+    the head and raise (:class:`RayStartError` with the ``ray start`` output when that failed)."""
     deadline = time.monotonic() + timeout
+    log_path = Path(head.temp_dir) / "ray_start.log"
+    try:
+        code = head.proc.wait(timeout=timeout) if head.proc else 0
+    except subprocess.TimeoutExpired:
+        code = None
+    if code != 0:
+        output = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
+        stop_ray_head(head)
+        raise RayStartError(f"ray start failed (exit code {code}, temp dir {head.temp_dir}):\n{output}")
+    head.address = (Path(head.temp_dir) / "ray_current_cluster").read_text().strip()
     token = Path(head.token_path).read_text().strip()
     while time.monotonic() < deadline:
         if http_status(f"{head.dashboard_url}/api/version", {"Authorization": f"Bearer {token}"}) == 200:
@@ -125,10 +145,11 @@ def _wait_dashboard(head: RayHead, timeout: float) -> None:
 
 def head_processes(head: RayHead) -> list:
     """Every live process that belongs to this head (none once it is stopped)."""
-    return find_processes([head.session_id], _markers(head))
+    return find_processes([head.session_id], head_markers(head))
 
 
-def _markers(head: RayHead) -> list[str]:
+def head_markers(head: RayHead) -> list[str]:
+    """Command-line strings that identify this head's processes outside its session."""
     # The client server's command line names only the GCS address, the others name the temp dir.
     return [head.temp_dir, head.address] if head.address else [head.temp_dir]
 
@@ -139,7 +160,8 @@ def stop_ray_head(head: RayHead, grace: float = 3.0, remove_temp_dir: bool = Tru
     A local head holds nothing worth a long drain: GCS and raylet may take 10 s or more to honour
     SIGTERM, so a short grace keeps test teardown fast, as ``ray stop --force`` would.
     """
-    survivors = stop_matching([head.session_id], _markers(head), grace=grace)
+    survivors = stop_matching([head.session_id], head_markers(head), grace=grace)
+    reap(head.proc)
     if survivors:
         names = ", ".join(f"{p.pid}" for p in survivors)
         raise RuntimeError(f"Ray head {head.address or head.temp_dir}: processes still alive after stop: {names}")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
-from cluster.local.mlflow_server import MlflowServer, mlflow_processes, start_mlflow_server, stop_mlflow_server
-from cluster.local.mlflow_server import wait_mlflow_server
-from cluster.local.ray_head import RayHead, head_processes, start_ray_head, stop_ray_head
-from cluster.local.s3_server import S3Server, s3_processes, start_s3_server, stop_s3_server
+from cluster.local.mlflow_server import MlflowServer, mlflow_processes, start_mlflow_server, wait_mlflow_server
+from cluster.local.processes import reap, stop_matching
+from cluster.local.ray_head import RayHead, head_markers, head_processes, start_ray_head
+from cluster.local.s3_server import S3Server, s3_processes, start_s3_server
 
 STATE_FILE = "stack.json"
 BUCKET = "vlsa"
@@ -87,16 +88,16 @@ def stop_stack(state_dir: str | Path) -> bool:
 
 
 def _stop_all(started: list) -> None:
-    """Stop in reverse start order; every service is attempted even when one fails."""
-    errors = []
-    for service in reversed([s for s in started if s is not None]):
-        stop = {RayHead: stop_ray_head, MlflowServer: stop_mlflow_server, S3Server: stop_s3_server}[type(service)]
-        try:
-            stop(service)
-        except RuntimeError as err:
-            errors.append(str(err))
-    if errors:
-        raise RuntimeError("; ".join(errors))
+    """Stop every service at once (one SIGTERM wave, one grace period); raise naming any survivor."""
+    started = [s for s in started if s is not None]
+    markers = [m for s in started if isinstance(s, RayHead) for m in head_markers(s)]
+    survivors = stop_matching([s.session_id for s in started], markers, grace=3.0)
+    for service in started:
+        reap(service.proc)  # a child of this process when stopping after a failed start
+        if isinstance(service, RayHead):
+            shutil.rmtree(service.temp_dir, ignore_errors=True)
+    if survivors:
+        raise RuntimeError(f"dev stack: processes still alive after stop: {[p.pid for p in survivors]}")
 
 
 def client_env(state: dict) -> dict[str, str]:

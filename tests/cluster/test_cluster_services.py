@@ -64,13 +64,12 @@ def test_ray_head_requires_the_token_and_runs_submitted_jobs(ray_head, tmp_path)
     assert ray_head.dashboard_url.startswith("http://127.0.0.1:")
     (tmp_path / "job.py").write_text(
         "import os, ray\n"
-        "ray.init()\n"
+        "ray.init()  # joins the head through RAY_ADDRESS, with the token the head's processes hold\n"
         "print('cpus', int(ray.cluster_resources()['CPU']), 'value', os.environ['SERVICES_VALUE'])\n"
-        "raise SystemExit(int(os.environ['SERVICES_EXIT']))\n"
     )
-    status, logs = submit_job(ray_head, "python job.py", working_dir=tmp_path, env={"SERVICES_VALUE": "v42", "SERVICES_EXIT": "0"})
+    status, logs = submit_job(ray_head, "python job.py", working_dir=tmp_path, env={"SERVICES_VALUE": "v42"})
     assert status == "SUCCEEDED", logs
     assert "cpus 6 value v42" in logs
 
-    status, logs = submit_job(ray_head, ["python", "job.py"], working_dir=tmp_path, env={"SERVICES_VALUE": "x", "SERVICES_EXIT": "3"})
-    assert status == "FAILED", logs
+    status, logs = submit_job(ray_head, ["python", "-c", "print('failing on purpose'); raise SystemExit(3)"])
+    assert status == "FAILED" and "failing on purpose" in logs

@@ -58,7 +58,8 @@ def expected_px(question: str, row: dict) -> list[list[int]]:
     rgb = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(h, -1, 3)
     assert resolution(question) == (3, h, rgb.shape[1])
     q = quarter_index(question)
-    quarter = rgb[(q // 2) * (h // 2) : (q // 2 + 1) * (h // 2), (q % 2) * (rgb.shape[1] // 2) : (q % 2 + 1) * (rgb.shape[1] // 2)]
+    qh, qw = h // 2, rgb.shape[1] // 2
+    quarter = rgb[(q // 2) * qh : (q // 2 + 1) * qh, (q % 2) * qw : (q % 2 + 1) * qw]
     grid = re.search(r"a grid of every (\d+)(?:st|nd|rd|th) pixel across and down", question)
     stride = int(grid.group(1)) if grid else 1
     return quarter[::stride, ::stride].reshape(-1, 3).tolist()

@@ -42,7 +42,8 @@ def test_collate_gives_the_batch_contract(tiny_cfg, tokenizer, demo):
     mixed = [
         one,
         Record("text", [], [Turn("user", "Say hi."), Turn("assistant", "hi")]),
-        Record("pair", [one.images[0], two.images[0]], [Turn("user", "<image>\n<image>\nSame?"), Turn("assistant", "no")]),
+        Record("pair", [one.images[0], two.images[0]],
+               [Turn("user", "<image>\n<image>\nSame?"), Turn("assistant", "no")]),
     ]
     builder = SampleBuilder(tokenizer, _data(tiny_cfg, "", ""), geometry_from_config(tiny_cfg), labels=None,
                             decode=tiny_cfg.label.decode)
@@ -59,7 +60,8 @@ def test_collate_gives_the_batch_contract(tiny_cfg, tokenizer, demo):
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     assert [(row == image_id).sum().item() for row in batch["input_ids"]] == [1, 0, 2]
     encoder = CompressiveEncoder(32, tiny_cfg.model.encoding.max_tiles)
-    images = [load_image(demo.image_root, rel, tiny_cfg.label.decode) for rel in [one.images[0], one.images[0], two.images[0]]]
+    rels = [one.images[0], one.images[0], two.images[0]]
+    images = [load_image(demo.image_root, rel, tiny_cfg.label.decode) for rel in rels]
     tiles = [encoder.num_tiles(im.width, im.height) for im in images]
     assert batch["pixel_lo"].shape == (3, 3, 32, 32)
     assert batch["pixel_hi"].shape == (3, max(tiles), 3, 32, 32)
@@ -82,7 +84,8 @@ def _label_output(cfg, records_file: str, image_root: str, output: str) -> None:
     ensure_spec(output, spec)
     labeler = ShardLabeler(cfg.to_dict(), output)
     for k, items in enumerate(shards):
-        labeler.label_shard(decode_shard(k, items, ImageReader(image_root), cfg.label.decode, LabelGeometry.from_config(cfg)))
+        decoded = decode_shard(k, items, ImageReader(image_root), cfg.label.decode, LabelGeometry.from_config(cfg))
+        labeler.label_shard(decoded)
     write_manifest(output, build_manifest(output, shards, spec, {"data": records_file}))
 
 
@@ -95,6 +98,7 @@ def test_labels_from_the_labeling_output(tiny_cfg, tokenizer, demo, tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(rows))
     _label_output(tiny_cfg, str(tmp_path / "train.json"), str(root), str(tmp_path / "labels"))
     data = _data(tiny_cfg, str(tmp_path / "train.json"), str(root), p=1.0, labels=str(tmp_path / "labels"))
+    data.reject_threshold = 0.2
     dataset = build_dataset(tiny_cfg, data, tokenizer)
     assert dataset.stats.to_dict() == {"total": 7, "accepted": 6, "rejected": {"image_truncated": 1}}
     store = dataset.builder.labels
@@ -102,14 +106,16 @@ def test_labels_from_the_labeling_output(tiny_cfg, tokenizer, demo, tmp_path):
     assert "recon_pixels" not in batch and batch["recon_latent"].shape == (6, *store[rows[0]["id"]]["latent_shape"])
     for i, record in enumerate(dataset.records):
         row = store[record.id]
-        assert np.array_equal(batch["recon_latent"][i].numpy(), np.frombuffer(row["latent"], np.float32).reshape(row["latent_shape"]))
+        latent = np.frombuffer(row["latent"], np.float32).reshape(row["latent_shape"])
+        assert np.array_equal(batch["recon_latent"][i].numpy(), latent)
         _check_ssft_answers(batch["input_ids"][i], tokenizer, row)
     assert sum(len(kinds) for kinds in batch["ssft"]) >= 6
 
 
 def _check_ssft_answers(ids: torch.Tensor, tokenizer, row: dict) -> None:
     text = tokenizer.decode(ids.tolist(), skip_special_tokens=False)
-    for question, answer in re.findall(r"USER: ((?:(?!USER: ).)*?) ASSISTANT: (<vq start>.*?<vq end>|<rgb start>.*?<rgb end>)", text, re.S):
+    pattern = r"USER: ((?:(?!USER: ).)*?) ASSISTANT: (<vq start>.*?<vq end>|<rgb start>.*?<rgb end>)"
+    for question, answer in re.findall(pattern, text, re.S):
         if answer.startswith("<vq"):
             assert parse_vq(answer) == expected_vq(question, row)
         else:

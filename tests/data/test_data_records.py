@@ -50,7 +50,8 @@ TEXT_ONLY = {
 MULTI_IMAGE = {
     "id": 17,
     "image": ["a/1.png", "b/2.png"],
-    "conversations": [{"from": "human", "value": "<image>\n<image>\nAre these the same?"}, {"from": "gpt", "value": "No."}],
+    "conversations": [{"from": "human", "value": "<image>\n<image>\nAre these the same?"},
+                      {"from": "gpt", "value": "No."}],
 }
 
 
@@ -111,14 +112,14 @@ def test_each_invalid_kind_is_rejected_with_its_reason(expected):
 def test_invalid_records_are_counted_not_raised(tmp_path):
     lines = [json.dumps(INSTRUCT_665K), "{not json", json.dumps(_with(id="b", image="../x.jpg")),
              json.dumps(_with(id="c")), json.dumps(_with(id="c"))]
-    (tmp_path / "d.jsonl").write_text("\n".join(lines))
+    (tmp_path / "d.jsonl").write_bytes("\n".join(lines).encode() + b"\n{\"id\": \"\xff\"}\n")  # not UTF-8
     records, stats = load_records(str(tmp_path / "d.jsonl"))
     assert [r.id for r in records] == ["000000033471", "c"]
-    assert stats.to_dict() == {"total": 5, "accepted": 2,
-                               "rejected": {"bad_json": 1, "duplicate_id": 1, "path_escape": 1}}
-    with pytest.raises(TooManyRejected, match="3 of 5 records rejected"):
-        stats.check(0.5)
-    stats.check(0.6)
+    assert stats.to_dict() == {"total": 6, "accepted": 2,
+                               "rejected": {"bad_json": 2, "duplicate_id": 1, "path_escape": 1}}
+    with pytest.raises(TooManyRejected, match="4 of 6 records rejected"):
+        stats.check(0.6)
+    stats.check(0.7)
 
 
 def test_unreadable_images_are_rejected_with_reasons(tmp_path):
@@ -131,7 +132,8 @@ def test_unreadable_images_are_rejected_with_reasons(tmp_path):
     (root / "link.png").symlink_to(tmp_path / "outside.png")
     cfg = DecodeConfig()
     assert load_image(str(root), "ok.png", cfg).size == (9, 9)
-    for rel, expected in [("missing.png", "image_missing"), ("cut.png", "image_truncated"), ("link.png", "path_escape")]:
+    cases = [("missing.png", "image_missing"), ("cut.png", "image_truncated"), ("link.png", "path_escape")]
+    for rel, expected in cases:
         with pytest.raises(RecordRejected) as err:
             load_image(str(root), rel, cfg)
         assert err.value.reason == expected

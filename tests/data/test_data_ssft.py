@@ -17,7 +17,8 @@ from vlsa.model.tokenizer import build_tokenizer
 from vlsa.tokens import vq_code_token
 
 # Tab. 6 of the appendix (002) uses this VQ template; Tab. 18 of the paper lists this pixel template.
-TAB6_VQ = "Imagine a hypothetical encoding process for this image. What would the resulting VQ indices look like, summarizing its content?"
+TAB6_VQ = ("Imagine a hypothetical encoding process for this image. What would the resulting VQ indices look like, "
+           "summarizing its content?")
 TAB18_PX = "Please tell me the RGB value of each and every pixel that makes up this image."
 
 
@@ -125,7 +126,8 @@ def _builder(tiny_cfg, tokenizer, records, max_length, p=1.0, max_target=1024):
     data = copy.deepcopy(cfg.train.stages[1].data)
     data.ssft = SSFTConfig(p_vq=p, p_px=p, max_target_tokens=max_target)
     labels = {r.id: label_row(i) for i, r in enumerate(records)}
-    return SampleBuilder(tokenizer, data, geometry_from_config(cfg), labels=labels, decode=cfg.label.decode, seed=7), labels
+    builder = SampleBuilder(tokenizer, data, geometry_from_config(cfg), labels=labels, decode=cfg.label.decode, seed=7)
+    return builder, labels
 
 
 def _ssft_answers(sample, tokenizer) -> list[str]:
@@ -137,7 +139,8 @@ def _ssft_answers(sample, tokenizer) -> list[str]:
 @pytest.mark.parametrize("max_length", [240, 300, 384])
 def test_assembled_samples_never_pass_max_length_and_targets_are_whole(tiny_cfg, tokenizer, demo, max_length):
     records, _ = load_records(demo.instruct)
-    records = [Record(r.id, r.images, [Turn("user", "<image>\nWhat is it?"), Turn("assistant", "shapes")]) for r in records]
+    short = [Turn("user", "<image>\nWhat is it?"), Turn("assistant", "shapes")]
+    records = [Record(r.id, r.images, short) for r in records]
     builder, labels = _builder(tiny_cfg, tokenizer, records[:10], max_length)
     inserted = 0
     for record in records[:10]:

@@ -58,7 +58,8 @@ def test_labels_supervise_exactly_the_assistant_spans(name, tokenizer):
 
 
 def test_ssft_turns_are_marked_in_the_mask(tokenizer):
-    turns = TURNS[:2] + [Turn("user", "Give the VQ indices.", ssft=True), Turn("assistant", "<vq start>1, 2<vq end>", ssft=True)]
+    pair = [Turn("user", "Give the VQ indices.", ssft=True), Turn("assistant", "<vq start>1, 2<vq end>", ssft=True)]
+    turns = TURNS[:2] + pair
     encoded = encode(build_template("vicuna_v1", tokenizer).render(turns), tokenizer)
     marked = [t for t, m in zip(encoded.input_ids, encoded.ssft_mask) if m]
     assert tokenizer.decode(marked) == " <vq start>1, 2<vq end></s>"

@@ -19,7 +19,8 @@ def test_chat_command_answers_a_question_about_an_image(exported_model, demo, ca
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "vlsa.chat", "--model", exported_model, "--image", _image(demo),
-         "--prompt", "What color are the shapes in the image?", "--max-new-tokens", "4", f"model.cache_dir={cache_dir}"],
+         "--prompt", "What color are the shapes in the image?", "--max-new-tokens", "4",
+         f"model.cache_dir={cache_dir}"],
         capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

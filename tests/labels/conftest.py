@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from label_helpers import label_config
 
+from vlsa.labels.compute import LabelComputer
 from vlsa.model.builder import build_vae, build_vq
 
 
@@ -17,3 +18,9 @@ def label_cfg(cache_dir):
 def frozen_models(label_cfg):
     """(VQModel, AutoencoderKL) of the tiny preset, as the labeling actors load them."""
     return build_vq(label_cfg), build_vae(label_cfg)
+
+
+@pytest.fixture(scope="session")
+def label_computer(label_cfg, frozen_models):
+    """The in-process label computation on the CPU (after ``frozen_models`` has filled the cache)."""
+    return LabelComputer(label_cfg, device="cpu")

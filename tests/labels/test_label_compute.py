@@ -11,7 +11,6 @@ from label_helpers import assert_codes_match, label_config, reference_row
 from PIL import Image
 
 from vlsa.labels.compute import (
-    LabelComputer,
     LabelGeometry,
     nearest_codes,
     prepare,
@@ -64,11 +63,13 @@ def test_uint8_transport_restores_the_model_inputs_exactly(label_cfg):
         assert np.array_equal(prepared.pixels, lowres_rgb(image, 32))
 
 
-def test_label_rows_equal_direct_model_calls(label_cfg, frozen_models):
+def test_label_rows_equal_direct_model_calls(label_cfg, frozen_models, label_computer):
     vq, vae = frozen_models
     images = _images()
-    rows = LabelComputer(label_cfg, device="cpu").label(images)  # batch_size 2: batches of 2, 2, 1
+    busy_before = label_computer.model_seconds
+    rows = label_computer.label(images)  # batch_size 2: batches of 2, 2, 1
     assert len(rows) == len(images)
+    assert label_computer.model_seconds > busy_before  # time inside model calls is counted
     for image, row in zip(images, rows):
         ref = reference_row(label_cfg, vq, vae, image)
         assert (row["width"], row["height"]) == (image.width, image.height)
@@ -80,9 +81,9 @@ def test_label_rows_equal_direct_model_calls(label_cfg, frozen_models):
         np.testing.assert_allclose(latent_array(row), ref["latent"], atol=1e-4, rtol=1e-4)  # batched vs single conv
 
 
-def test_latent_is_shifted_and_scaled_mean_not_a_sample(label_cfg, frozen_models):
+def test_latent_is_shifted_and_scaled_mean_not_a_sample(frozen_models, label_computer):
     _, vae = frozen_models
-    computer = LabelComputer(label_cfg, device="cpu")
+    computer = label_computer
     x = to_unit_range(prepare(_images()[0], computer.geometry).vae_rgb[None])
     first, second = computer.vae_latents(x), computer.vae_latents(x)
     assert torch.equal(first, second)  # deterministic

@@ -49,7 +49,8 @@ def test_manifest_check_refuses_other_models_and_sides(label_cfg, cache_dir, ove
 def test_manifest_check_refuses_another_schema_version(label_cfg):
     manifest = _manifest(label_cfg)
     manifest["identity"]["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(LabelsMismatch, match=f"schema version {SCHEMA_VERSION + 1}, this code reads version {SCHEMA_VERSION}"):
+    expected = f"schema version {SCHEMA_VERSION + 1}, this code reads version {SCHEMA_VERSION}"
+    with pytest.raises(LabelsMismatch, match=expected):
         check_manifest(manifest, label_cfg, "out/")
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel
-from model_helpers import tiny_config
+from model_helpers import make_batch, solid, tiny_config
 from transformers import SiglipVisionModel
 
+import vlsa
 from vlsa.config import ComponentConfig
 from vlsa.io import storage
-from vlsa.model.builder import build_vision, load_component
+from vlsa.model.builder import load_component
 
 DENOISER = {"sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 1,
             "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
@@ -88,12 +88,10 @@ def test_s3_path_is_fetched_into_the_cache(tmp_path, monkeypatch):
         server.stop()
 
 
-def test_siglip_tower(tmp_path):
-    cfg = tiny_config(str(tmp_path), "model.vision.kind=siglip")
-    cfg.model.vision.init = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                             "num_hidden_layers": 2, "num_attention_heads": 4}
-    tower = build_vision(cfg)
-    assert isinstance(tower, SiglipVisionModel)
-    hidden = tower(torch.randn(1, 3, 32, 32), output_hidden_states=True).hidden_states[-2]
-    assert hidden.shape == (1, 16, 32)
-    assert Path(tmp_path, "tiny").is_dir()
+def test_siglip_tower_in_the_model(cache_dir):
+    siglip = "{image_size: 32, patch_size: 8, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4}"
+    model = vlsa.build_model(tiny_config(cache_dir, "model.vision.kind=siglip", f"model.vision.init={siglip}"))
+    assert isinstance(model.vision_tower, SiglipVisionModel)
+    assert model.vision_features(torch.randn(1, 3, 32, 32)).shape == (1, 16, 32)  # no CLS token to drop
+    batch = make_batch(model, [solid(70, 40)], ["<image>\nwhat color? red"])
+    assert model(**batch).loss_rec is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel, VQModel

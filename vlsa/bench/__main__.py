@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     device = dev.resolve(args.device)
     preset = args.preset or ("bench_gpu" if device.type == "cuda" else "bench_cpu")
     cfg = bench_config(preset, args.overrides, smoke=args.smoke)
+    dev.use_threads(cfg.bench.threads)
     report = importlib.import_module(BENCHMARKS[args.name]).run(cfg, device, args.out)
     report.settings["command"] = "python -m vlsa.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(report.to_json() if args.json else report.to_text())

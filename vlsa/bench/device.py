@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from typing import Callable
 
 import torch
 
@@ -40,6 +41,14 @@ def dtype_for(cfg: Config, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def use_threads(threads: int) -> None:
+    """Set torch's CPU threads (0 keeps torch's default)."""
+    if threads < 0:
+        raise ValueError(f"bench.threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work (a no-op on CPU)."""
     if device.type == "cuda":
@@ -57,19 +66,26 @@ def table_peak(device: torch.device) -> tuple[float, str] | None:
     return None
 
 
+def clock(device: torch.device) -> Callable[[], float]:
+    """The clock a benchmark's throughput is measured with: process CPU seconds on a CPU (robust to
+    other jobs sharing the cores), wall-clock seconds on a GPU."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
-    """FLOP/s of back-to-back n x n matmuls in ``dtype``, measured now (best of a few timed runs)."""
+    """FLOP/s of back-to-back n x n matmuls in ``dtype``, measured now (best timed run, on ``clock``)."""
+    now = clock(device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up: kernel selection, thread pool start
     synchronize(device)
     reps, best, deadline = 1, 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start = now()
         for _ in range(reps):
             a @ b
         synchronize(device)
-        elapsed = time.perf_counter() - start
+        elapsed = max(now() - start, 1e-9)
         best = max(best, 2.0 * n**3 * reps / elapsed)
         reps = min(reps * 2, 64) if elapsed < 0.05 else reps
     return best
@@ -93,6 +109,7 @@ def describe(device: torch.device) -> dict[str, str | int]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
+        "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "",
         "torch": torch.__version__,
         "platform": platform.platform(),
     }

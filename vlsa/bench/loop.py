@@ -54,6 +54,8 @@ def build_train_step(cfg: Config, stage: StageConfig, work: Workload, device: to
     if not groups:
         raise ValueError(f"stage {stage.name} trains nothing in this model (lr: {sorted(stage.lr)})")
     model.train()
-    optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
+    # the multi-tensor (CPU) or fused (CUDA) update, as an optimised trainer runs it
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay, **fast)
     batch = synthetic_batch(model, work, device=device, seed=seed)
     return TrainStep(model, optimizer, batch, cfg.train.grad_clip)

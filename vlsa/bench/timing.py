@@ -1,13 +1,16 @@
-"""Timing: synchronised wall-clock runs, interleaved A/B repeats, and robust summaries.
+"""Timing: synchronised runs, interleaved A/B repeats, and robust summaries.
 
 Interleaving (A B A B ...) puts both variants under the same background load, which matters on a
-shared machine: a slow spell hits both, and the per-pair ratio cancels it.
+shared machine: a slow spell hits both, and the per-pair ratio cancels much of it. Each run records
+wall-clock seconds and the process's CPU seconds; on a CPU shared with other jobs the CPU seconds
+(with one torch thread) measure the work itself, while wall time also counts waiting for a core.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -15,25 +18,35 @@ import torch
 from vlsa.bench.device import synchronize
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes, device work included."""
+@dataclass
+class Timings:
+    """Wall-clock and process-CPU seconds of repeated runs of one variant."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds one call of ``fn`` takes, device work included."""
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def interleave(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
-               device: torch.device) -> dict[str, list[float]]:
+               device: torch.device) -> dict[str, Timings]:
     """``warmup`` untimed rounds, then ``repeats`` timed rounds; each round calls every fn once, in order."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times = {name: Timings() for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(timed(fn, device))
+            wall, cpu = timed(fn, device)
+            times[name].wall.append(wall)
+            times[name].cpu.append(cpu)
     return times
 
 

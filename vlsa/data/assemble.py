@@ -22,7 +22,7 @@ from vlsa.config import Config, DataConfig, DecodeConfig, SSFTConfig
 from vlsa.data import ssft as ssft_mod
 from vlsa.data.image import ImageRejected, decode_image
 from vlsa.data.records import Record, RecordRejected, Turn, read_image_bytes
-from vlsa.data.templates import ChatTemplate, Encoded, build_template, encode
+from vlsa.data.templates import IGNORE_INDEX, ChatTemplate, Encoded, build_template, encode, label
 from vlsa.labels.shards import label_key
 from vlsa.model.encoding import CompressiveEncoder, recon_pixels
 from vlsa.tokens import IMAGE_TOKEN
@@ -52,7 +52,9 @@ class SampleBuilder:
         if recon not in ("pixels", "latent"):
             raise ValueError(f"recon must be 'pixels' or 'latent', got {recon!r}")
         if (data.ssft.p_vq > 0 or data.ssft.p_px > 0 or recon == "latent") and labels is None:
-            raise ValueError(f"ssft p_vq={data.ssft.p_vq}, p_px={data.ssft.p_px}, recon={recon} need labels; none given")
+            raise ValueError(
+                f"ssft p_vq={data.ssft.p_vq}, p_px={data.ssft.p_px}, recon={recon} need labels; none given"
+            )
         self.tokenizer, self.data, self.geometry = tokenizer, data, geometry
         self.template: ChatTemplate = build_template(data.template, tokenizer)
         self.labels, self.decode, self.recon, self.seed = labels, decode, recon, seed
@@ -69,25 +71,31 @@ class SampleBuilder:
 
     # ------------------------------------------------------------------------------------- text
 
-    def encode_turns(self, record: Record, turns: list[Turn]) -> Encoded:
-        """Render and label ``turns``; the placeholders must tokenize to one run per image."""
-        encoded = encode(self.template.render(turns), self.tokenizer, record.id)
+    def encode_turns(self, record: Record, turns: list[Turn], tokenized: tuple | None = None) -> Encoded:
+        """Render and label ``turns`` (``tokenized``: their (ids, offsets) when already tokenized in a batch);
+        the placeholders must tokenize to one run per image."""
+        rendered = self.template.render(turns)
+        if tokenized is None:
+            encoded = encode(rendered, self.tokenizer, record.id)
+        else:
+            encoded = label(rendered, *tokenized, record.id)
         runs = _runs(encoded.input_ids, self.image_token_id)
         expected = sum(t.content.count(IMAGE_TOKEN) for t in turns)
         if runs != expected:
             raise RecordRejected(
-                "placeholder_mismatch", f"record {record.id}: {expected} {IMAGE_TOKEN} placeholders give {runs} token runs"
+                "placeholder_mismatch",
+                f"record {record.id}: {expected} {IMAGE_TOKEN} placeholders give {runs} token runs",
             )
-        if not any(label >= 0 for label in encoded.labels):
+        if all(value == IGNORE_INDEX for value in encoded.labels):
             raise RecordRejected("no_supervised_tokens", f"record {record.id}: nothing to learn after rendering")
         return encoded
 
-    def fit(self, record: Record, visual: int) -> tuple[list[Turn], Encoded]:
+    def fit(self, record: Record, visual: int, tokenized: tuple | None = None) -> tuple[list[Turn], Encoded]:
         """The longest prefix of whole turn pairs within ``max_length`` (``visual`` extra image tokens)."""
         limit = self.geometry.max_length
         last_image = max((i // 2 for i, t in enumerate(record.turns) if IMAGE_TOKEN in t.content), default=0)
         turns = record.turns
-        encoded = self.encode_turns(record, turns)
+        encoded = self.encode_turns(record, turns, tokenized)
         while len(encoded.input_ids) + visual > limit and len(turns) // 2 > last_image + 1:
             turns = turns[:-2]
             encoded = self.encode_turns(record, turns)
@@ -98,11 +106,29 @@ class SampleBuilder:
             )
         return turns, encoded
 
-    def text_length(self, record: Record) -> int:
+    def text_length(self, record: Record, tokenized: tuple | None = None) -> int:
         """Tokens of the record's fitted conversation, visual tokens at the tile cap included (sampler lengths)."""
         visual = len(record.images) * (self.geometry.visual_tokens(self.geometry.max_tiles) - 1)
-        _, encoded = self.fit(record, visual)
+        _, encoded = self.fit(record, visual, tokenized)
         return len(encoded.input_ids) + visual
+
+    def text_lengths(self, records: list[Record], chunk: int = 1024) -> list[int | RecordRejected]:
+        """``text_length`` of many records, tokenized in batches (the tokenizer's threads do the work)."""
+        out: list[int | RecordRejected] = []
+        for start in range(0, len(records), chunk):
+            part = records[start : start + chunk]
+            texts = [_render_or_none(self.template, r.turns) for r in part]
+            valid = [t for t in texts if t is not None]
+            enc = self.tokenizer(valid, add_special_tokens=False, return_offsets_mapping=True) if valid else None
+            k = 0
+            for record, text in zip(part, texts):
+                pre = None if text is None else (enc["input_ids"][k], enc["offset_mapping"][k])
+                k += text is not None
+                try:
+                    out.append(self.text_length(record, pre))
+                except RecordRejected as err:
+                    out.append(err)
+        return out
 
     # ------------------------------------------------------------------------------------- ssft
 
@@ -119,7 +145,10 @@ class SampleBuilder:
                 if target is None:
                     break
                 new_turns = ssft_mod.insert(turns, target, d.u_position)
-                new_encoded = self.encode_turns(record, new_turns)
+                try:
+                    new_encoded = self.encode_turns(record, new_turns)
+                except RecordRejected:  # the inserted turn does not line up: keep the sample without it
+                    break
                 excess = len(new_encoded.input_ids) + visual - self.geometry.max_length
                 if excess <= 0:
                     turns, encoded = new_turns, new_encoded
@@ -196,6 +225,13 @@ class SampleBuilder:
         for key in self.labels:
             return tuple(int(n) for n in self.labels[key]["latent_shape"])
         raise ValueError("no label rows to take the latent shape from")
+
+
+def _render_or_none(template: ChatTemplate, turns: list[Turn]) -> str | None:
+    try:
+        return template.render(turns).text
+    except RecordRejected:
+        return None  # rendered again (and rejected with its reason) record by record
 
 
 def load_image(image_root: str, rel: str, decode: DecodeConfig):

@@ -88,13 +88,12 @@ def build_dataset(cfg: Config, data: DataConfig, tokenizer, *, model=None, label
 def measure(builder: SampleBuilder, records: list[Record], stats: RejectStats) -> tuple[list[Record], list[int]]:
     """Render and label every record once: the ones that line up, with their token lengths."""
     kept, lengths = [], []
-    for record in records:
-        try:
-            lengths.append(builder.text_length(record))
-        except RecordRejected as err:
-            stats.reject(err.reason)
+    for record, length in zip(records, builder.text_lengths(records)):
+        if isinstance(length, RecordRejected):
+            stats.reject(length.reason)
             continue
         kept.append(record)
+        lengths.append(length)
     return kept, lengths
 
 

@@ -17,6 +17,7 @@ one in four, while a model that sees the image can score far higher.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlsa.config import DemoConfig
+from vlsa.config import DataConfig, DemoConfig, EvalConfig
 from vlsa.tokens import IMAGE_TOKEN
 
 COLORS = {"red": (215, 45, 45), "green": (40, 170, 60), "blue": (45, 85, 215), "yellow": (230, 205, 35)}
@@ -62,7 +63,8 @@ class Scene:
     """The third question type: ``count``, or for half of the single shapes ``position``."""
 
     def answer(self, kind: str) -> str:
-        return {"color": self.color, "shape": self.shape, "count": COUNTS[self.count - 1], "position": self.position}[kind]
+        values = {"color": self.color, "shape": self.shape, "count": COUNTS[self.count - 1], "position": self.position}
+        return values[kind]
 
     def question_kinds(self) -> list[str]:
         """The question types asked about this scene (answers balanced over the dataset)."""
@@ -217,6 +219,22 @@ def generate_demo(cfg: DemoConfig, out_dir: str | Path, seed: int = 0) -> DemoPa
     counts = {"train_images": len(train), "pretrain": len(pretrain), "instruct": len(instruct), "eval": len(questions)}
     _write_json(manifest, {"spec": spec, "counts": counts})
     return paths
+
+
+def resolve_data(data: DataConfig, demo: DemoConfig, out_dir: str | Path, seed: int = 0) -> DataConfig:
+    """``data`` itself when it names a training file; else a copy pointing at the demo set (made on first use)."""
+    if data.train:
+        return data
+    paths = generate_demo(demo, out_dir, seed)
+    return dataclasses.replace(data, train=paths.train_file(data.template), image_root=paths.image_root)
+
+
+def resolve_eval(cfg: EvalConfig, demo: DemoConfig, out_dir: str | Path, seed: int = 0) -> EvalConfig:
+    """``cfg`` itself when it names a question file; else a copy pointing at the demo held-out split."""
+    if cfg.data:
+        return cfg
+    paths = generate_demo(demo, out_dir, seed)
+    return dataclasses.replace(cfg, data=paths.eval, image_root=paths.image_root)
 
 
 def _save(image: Image.Image, out: Path, rel: str) -> None:

@@ -111,7 +111,7 @@ def _failure_reason(err: Exception) -> str:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB: alpha composited on white, 16-bit scaled, CMYK through its profile."""
     if img.mode == "RGB":
-        return img.copy()
+        return img
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):

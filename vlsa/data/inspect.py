@@ -96,7 +96,8 @@ def print_report(report: dict) -> None:
     for reason, n in report["rejected"].items():
         print(f"  {reason}: {n}")
     for sample in report["samples"]:
-        print(f"\n--- {sample['id']} ({sample['tokens']} tokens, ssft: {sample['ssft'] or 'none'}); supervised in [[...]]")
+        ssft = sample["ssft"] or "none"
+        print(f"\n--- {sample['id']} ({sample['tokens']} tokens, ssft: {ssft}); supervised in [[...]]")
         print(sample["marked"])
 
 

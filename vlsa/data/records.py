@@ -110,21 +110,23 @@ def read_raw(uri: str) -> Iterator[tuple[int, Any]]:
     A JSONL line that is not valid JSON is yielded as a ``RecordRejected`` for the validator to
     count; a JSON list file that does not parse is an error of the whole file.
     """
-    text = storage.read_bytes(uri).decode("utf-8-sig")
-    if text.lstrip().startswith("["):
+    data = storage.read_bytes(uri)
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+        data = data[3:]
+    if data.lstrip().startswith(b"["):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
+            records = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{uri}: not a valid JSON list: {err}") from None
-        yield from enumerate(data)
+        yield from enumerate(records)
         return
     index = 0
-    for line in text.splitlines():
+    for line in data.split(b"\n"):
         if not line.strip():
             continue
         try:
-            yield index, json.loads(line)
-        except json.JSONDecodeError as err:
+            yield index, json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             yield index, RecordRejected("bad_json", f"line {index + 1}: {err}")
         index += 1
 
@@ -187,7 +189,9 @@ def _images(value: Any, rid: str) -> list[str]:
 
 def _turns(value: Any, rid: str) -> list[Turn]:
     if not isinstance(value, list) or not value:
-        raise RecordRejected("bad_conversations", f"record {rid}: conversations must be a non-empty list, got {value!r}")
+        raise RecordRejected(
+            "bad_conversations", f"record {rid}: conversations must be a non-empty list, got {value!r}"
+        )
     turns = []
     for i, item in enumerate(value):
         if not isinstance(item, dict) or "from" not in item or "value" not in item:

@@ -116,7 +116,8 @@ def vq_target(
         if count_tokens(answer) <= budget:
             y0 = (d.quarter // 2) * side * cell + r0 * cell
             x0 = (d.quarter % 2) * side * cell + c0 * cell
-            region = f"the region of {SUBJECT} spanning rows {y0}-{y0 + k * cell - 1} and columns {x0}-{x0 + k * cell - 1}"
+            y1, x1 = y0 + k * cell - 1, x0 + k * cell - 1
+            region = f"the region of {SUBJECT} spanning rows {y0}-{y1} and columns {x0}-{x1}"
             return _vq(d, block, answer, region, vq_image_size, True)
     return None
 
@@ -182,7 +183,8 @@ def _px(d: Draw, grid: np.ndarray, answer: str, stride: int, resolution: tuple[i
     region = name
     if stride > 1:
         region = f"a grid of every {_ordinal(stride)} pixel across and down {name}, starting at its top left pixel"
-        note = note[:-1] + f", so you should give {grid.shape[0]} x {grid.shape[1]} = {grid.shape[0] * grid.shape[1]} RGB values."
+        rows, cols = grid.shape[:2]
+        note = note[:-1] + f", so you should give {rows} x {cols} = {rows * cols} RGB values."
     question = instructions()["px"][d.template].replace(SUBJECT, region, 1) + note
     values = grid.reshape(-1, 3).tolist()
     return Target("px", question, answer, values, region, resolution, stride > 1)

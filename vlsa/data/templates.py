@@ -42,7 +42,11 @@ _CHATML_JINJA = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_JINJA = {"llama3": ("<|start_header_id|>", _LLAMA3_JINJA, "<|eot_id|>"), "chatml": ("<|im_start|>", _CHATML_JINJA, "<|im_end|>")}
+# family -> (marker that identifies a tokenizer's template of this family, built-in template, end of turn)
+_JINJA = {
+    "llama3": ("<|start_header_id|>", _LLAMA3_JINJA, "<|eot_id|>"),
+    "chatml": ("<|im_start|>", _CHATML_JINJA, "<|im_end|>"),
+}
 
 
 @dataclass
@@ -194,36 +198,64 @@ def encode(rendered: Rendered, tokenizer, record_id: str = "?") -> Encoded:
     mixed across a boundary, or left uncovered, raises ``RecordRejected("label_mismatch")``.
     """
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-    span_of = np.full(len(rendered.text), -1, dtype=np.int64)  # span index of each character
+    return label(rendered, enc["input_ids"], enc["offset_mapping"], record_id)
+
+
+def label(rendered: Rendered, ids: list[int], offsets, record_id: str = "?") -> Encoded:
+    """Labels of already tokenized text (``offsets``: (start, end) characters of each token)."""
+    text, ids = rendered.text, list(ids)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    span_of = np.full(len(text) + 1, -1, dtype=np.int64)  # span index of each character (one spare slot)
     for i, (start, end, _) in enumerate(rendered.spans):
         span_of[start:end] = i
-    content = np.array([not c.isspace() for c in rendered.text], dtype=bool)
-    covered = np.zeros(len(rendered.text), dtype=bool)
-    labels, ssft = [], []
-    for token, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
-        span = _token_span(span_of[s:e], content[s:e], s, e, rendered, record_id)
-        labels.append(token if span >= 0 else IGNORE_INDEX)
-        ssft.append(span >= 0 and rendered.spans[span][2])
-        if span >= 0:
-            covered[s:e] = True
-    missed = np.flatnonzero((span_of >= 0) & content & ~covered)
+    token_span = _token_spans(text, span_of, offsets, record_id)  # (n,) span index or -1
+    _check_covered(text, span_of, offsets, token_span, record_id)
+    is_ssft = np.array([flag for _, _, flag in rendered.spans] + [False], dtype=bool)  # index -1: none
+    labels = np.where(token_span >= 0, np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
+    return Encoded(ids, labels.tolist(), is_ssft[token_span].tolist())
+
+
+def _token_spans(text: str, span_of: np.ndarray, offsets: np.ndarray, rid: str) -> np.ndarray:
+    """Span index of each token (-1: none), from the first and last non-space characters it covers.
+
+    Spans are contiguous, so a token whose first and last content characters lie in the same span
+    lies wholly in it; one that has content both inside and outside spans is a mismatch.
+    """
+    n = len(text)
+    content = np.array([not c.isspace() for c in text] + [False], dtype=bool)
+    inside = content & (span_of >= 0)
+    cum_content = np.concatenate([[0], np.cumsum(content)])  # (n+2,)
+    cum_inside = np.concatenate([[0], np.cumsum(inside)])
+    positions = np.arange(n + 1)
+    next_content = np.minimum.accumulate(np.where(content, positions, n)[::-1])[::-1]  # first content char >= i
+    prev_content = np.maximum.accumulate(np.where(content, positions, -1))  # last content char <= i
+    s, e = offsets[:, 0], offsets[:, 1]
+    empty = e <= s
+    s, e = np.where(empty, 0, s), np.where(empty, 1, e)
+    n_content, n_inside = cum_content[e] - cum_content[s], cum_inside[e] - cum_inside[s]
+    first, last = span_of[next_content[s]], span_of[prev_content[e - 1]]
+    spaces = np.where((span_of[s] == span_of[e - 1]), span_of[s], -1)  # whitespace-only: inside one span or not
+    out = np.where(n_content == 0, spaces, np.where(n_inside == 0, -1, first))
+    bad = ~empty & (n_inside > 0) & ((n_inside != n_content) | (first != last))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise RecordRejected(
+            "label_mismatch",
+            f"record {rid}: token {text[s[k]:e[k]]!r} at chars {s[k]}-{e[k]} crosses a supervised span boundary",
+        )
+    return np.where(empty, -1, out)
+
+
+def _check_covered(text: str, span_of: np.ndarray, offsets: np.ndarray, token_span: np.ndarray, rid: str) -> None:
+    """Every non-space supervised character must belong to a supervised token."""
+    delta = np.zeros(len(text) + 1, dtype=np.int64)
+    supervised = offsets[token_span >= 0]
+    np.add.at(delta, supervised[:, 0], 1)
+    np.add.at(delta, supervised[:, 1], -1)
+    covered = np.cumsum(delta)[: len(text)] > 0
+    content = np.array([not c.isspace() for c in text], dtype=bool)
+    missed = np.flatnonzero((span_of[: len(text)] >= 0) & content & ~covered)
     if missed.size:
         raise RecordRejected(
-            "label_mismatch", f"record {record_id}: supervised text at char {missed[0]} has no supervised token"
+            "label_mismatch", f"record {rid}: supervised text at char {missed[0]} has no supervised token"
         )
-    return Encoded(list(enc["input_ids"]), labels, ssft)
-
-
-def _token_span(spans: np.ndarray, content: np.ndarray, s: int, e: int, rendered: Rendered, rid: str) -> int:
-    """Span index a token belongs to (-1: none); raises when its content mixes spans."""
-    if e <= s:
-        return -1
-    if not content.any():  # whitespace only: supervised when wholly inside one span
-        return int(spans[0]) if (spans == spans[0]).all() else -1
-    relevant = spans[content]
-    if (relevant == relevant[0]).all():
-        return int(relevant[0])
-    raise RecordRejected(
-        "label_mismatch",
-        f"record {rid}: token {rendered.text[s:e]!r} at chars {s}-{e} crosses a supervised span boundary",
-    )

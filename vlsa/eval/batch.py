@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +78,26 @@ def answer_on_ray(cfg: Config, model_path: str, questions: list[dict], image_roo
 
 def log_to_mlflow(cfg: Config, run_name: str, params: dict[str, Any], metrics: dict, answers_uri: str) -> str:
     """One MLflow run with the eval params, flattened metrics and the answer file; returns its id."""
+    from mlflow.entities import Metric, Param
+
     from vlsa.eval.scorers._common import flatten_metrics
     from vlsa.train import tracking
 
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
-    if uri.startswith("file:") or "://" not in uri:
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # the local default store is a folder
     client = tracking.client(uri)
     exp_id = tracking.experiment_id(client, cfg.run.mlflow.experiment)
     run_id = client.create_run(exp_id, run_name=run_name, tags={"vlsa.kind": "eval"}).info.run_id
-    for key, value in sorted(params.items()):
-        client.log_param(run_id, key, tracking.redact(key, value))
-    for key, value in sorted(flatten_metrics(metrics).items()):
-        client.log_metric(run_id, key, value)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / Path(answers_uri.rstrip("/")).name
-        local.write_bytes(storage.read_bytes(answers_uri))
-        client.log_artifact(run_id, str(local), artifact_path="eval")
+    try:
+        client.log_batch(run_id, params=[Param(k, tracking.redact(k, v)) for k, v in sorted(params.items())])
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(flatten_metrics(metrics).items())])
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(answers_uri.rstrip("/")).name
+            local.write_bytes(storage.read_bytes(answers_uri))
+            client.log_artifact(run_id, str(local), artifact_path="eval")
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
     client.set_terminated(run_id, status="FINISHED")
     return run_id
 
@@ -112,7 +116,8 @@ def evaluate(cfg: Config, model_path: str, questions_uri: str, image_root: str, 
         raise ValueError(f"give both a ground truth and a benchmark name, or neither (got gt={ground_truth!r}, "
                          f"benchmark={benchmark!r})")
     # actors may start in another working directory: hand them absolute local paths
-    model_path, image_root = _absolute(model_path), _absolute(image_root) if image_root else image_root
+    model_path, answers_uri = _absolute(model_path), _absolute(answers_uri)
+    image_root = _absolute(image_root) if image_root else image_root
     rows = answer_on_ray(cfg, model_path, read_questions(questions_uri), image_root)
     write_answers(rows, answers_uri)
     metrics = score(benchmark, rows, ground_truth) if benchmark else {}

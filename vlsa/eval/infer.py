@@ -168,8 +168,8 @@ class Answerer:
         new = self.model.generate(
             enc.input_ids.to(device), enc.attention_mask.to(device),
             torch.tensor([len(per) for per in images], dtype=torch.long, device=device), **pixels,
-            max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1, eos_token_id=self.stop_ids(),
-            pad_token_id=self.tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=self.stop_ids(), pad_token_id=self.tokenizer.pad_token_id,
         )  # (B, T_new)
         return [self._cut(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -233,7 +233,8 @@ def answer_questions(answerer: Answerer, questions: list[dict], image_root: str,
                      decode: DecodeConfig | None = None) -> list[dict]:
     """Answer rows for every question, in question order, ``batch_size`` questions per model call."""
     decode = decode or DecodeConfig()
-    return [row for chunk in batches(questions, batch_size) for row in answer_batch(answerer, chunk, image_root, decode)]
+    return [row for chunk in batches(questions, batch_size)
+            for row in answer_batch(answerer, chunk, image_root, decode)]
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -254,10 +255,15 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
     from vlsa.model.export import CONFIG_NAME, load_inference_model
 
     cfg = cfg or load_config("tiny")
+    from vlsa.train.checkpoint import WEIGHTS
+
     if storage.exists(storage.join(path, CONFIG_NAME)):
         model = load_inference_model(path, cfg.model.cache_dir)
-    else:
+    elif storage.exists(storage.join(path, WEIGHTS)):
         model = _checkpoint_model(path, cfg)
+    else:
+        raise FileNotFoundError(f"{path} is neither an exported model (no {CONFIG_NAME}) nor a stage-end training "
+                                f"checkpoint (no {WEIGHTS})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and cfg.train.precision != "fp32":
         model = model.to(torch.bfloat16)

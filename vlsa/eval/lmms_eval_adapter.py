@@ -81,7 +81,8 @@ class VLSAEvalModel:
         device = a.device
         ids = torch.tensor([prompt_ids + cont_ids], device=device)  # (1, T)
         labels = torch.tensor([[-100] * len(prompt_ids) + cont_ids], device=device)  # (1, T)
-        pixels = {k: v.to(device) for k, v in pack_images([a.model.encoder()(im) for im in images]).items()} if images else {}
+        views = [a.model.encoder()(im) for im in images]
+        pixels = {k: v.to(device) for k, v in pack_images(views).items()} if images else {}
         counts = torch.tensor([len(images)], device=device)
         spliced, _ = a.model.prepare_inputs(ids, torch.ones_like(ids), counts, labels=labels, **pixels)
         logits = a.model.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
@@ -131,8 +132,8 @@ def _build_class():
             for start in range(0, len(requests), size):
                 chunk = [r.args for r in requests[start:start + size]]
                 for gen_kwargs, group in _by_kwargs(chunk):
-                    texts = self.core.generate([a[0] for a in group], [self._doc_images(*a[2:6]) for a in group], gen_kwargs)
-                    out.extend(texts)
+                    images = [self._doc_images(*a[2:6]) for a in group]  # doc_to_visual, doc_id, task, split
+                    out.extend(self.core.generate([a[0] for a in group], images, gen_kwargs))
             return out
 
         def loglikelihood(self, requests) -> list[tuple[float, bool]]:

@@ -136,7 +136,8 @@ def model_views(model, images: list[Image.Image]) -> tuple[dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def reconstruction_grid(model, images: list[Image.Image], steps: int | None = None, seed: int = 0) -> tuple[Image.Image, dict]:
+def reconstruction_grid(model, images: list[Image.Image], steps: int | None = None,
+                        seed: int = 0) -> tuple[Image.Image, dict]:
     """(side-by-side grid, PSNR/SSIM metrics) of reconstructions sampled from the model's visual cues.
 
     ``steps``: Euler steps of the sampler (None: ``model.recon.sample_steps``); ``seed`` fixes the

@@ -127,8 +127,8 @@ def split_quarters(codes: torch.Tensor) -> torch.Tensor:
 class LabelComputer:
     """The frozen VQ-VAE and VAE on one device, turning images into label rows.
 
-    ``model_seconds`` accumulates the time spent inside model calls (synchronised on CUDA), so a
-    caller can report how busy the accelerator was.
+    ``model_seconds`` accumulates the time spent inside model calls (results copied back, so device
+    work is included), so a caller can report how busy the accelerator was.
     """
 
     def __init__(self, cfg: Config, device: str | torch.device | None = None) -> None:
@@ -167,9 +167,7 @@ class LabelComputer:
         vae_in = to_unit_range(np.stack([p.vae_rgb for p in batch]))  # (B, 3, S_rec, S_rec)
         started = time.perf_counter()
         codes = self.vq_codes(vq_in)  # (B, 4, q, q)
-        latents = self.vae_latents(vae_in)  # (B, C, s, s)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        latents = self.vae_latents(vae_in)  # (B, C, s, s); .cpu() waits for the device: true compute time
         self.model_seconds += time.perf_counter() - started
         return [label_row(p, codes[i], latents[i]) for i, p in enumerate(batch)]
 

@@ -87,31 +87,40 @@ def _check_shard_size(geometry: LabelGeometry, rows_per_shard: int) -> None:
         )
 
 
-def _run_ray(cfg: Config, shards: list[list[Item]], pending: list[int], image_root: str, output: str,
-             log: Callable[[str], None]) -> progress_lib.Progress:
-    """Label the ``pending`` shards on the current Ray instance, reporting each as it finishes."""
+def _dataset(cfg: Config, shards: list[list[Item]], pending: list[int], image_root: str, output: str,
+             plan: PoolPlan, resources: dict[str, float]):
+    """The Ray Data plan: one row per pending shard -> read task (decode) -> labeling actor -> summary row."""
     import ray
 
     from vlsa.labels.worker import ShardLabeler, decode_batch
 
-    resources = ray.cluster_resources()
-    plan = plan_pool(resources, cfg.label, len(pending))
-    log(f"labeling {len(pending)} of {len(shards)} shards with {plan.actors} actor(s) "
-        f"({plan.actor_gpus or 0} GPU, {plan.actor_cpus} CPU each), read tasks {plan.read_cpus} CPU each")
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the per-shard lines are the progress
     geometry = LabelGeometry.from_config(cfg)
     items = [{"shard": k, "items": json.dumps([[i.id, i.image] for i in shards[k]])} for k in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds.context.enable_progress_bars = False  # this dataset only: the per-shard lines are the progress
     # A read task holds its decoded shard; reserving that memory also keeps Ray Data from fusing
     # decoding into the actors (it fuses only equal remote args), so the models never wait on it.
     ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=plan.read_cpus,
                         memory=read_memory(resources, geometry, cfg.label.rows_per_shard),
                         fn_kwargs={"root": image_root, "decode": cfg.label.decode, "geometry": geometry})
-    ds = ds.map_batches(
+    return ds.map_batches(
         ShardLabeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-        fn_constructor_kwargs={"cfg": cfg.to_dict(), "output": output, "threads": int(plan.actor_cpus)},
+        fn_constructor_kwargs={"cfg": cfg.to_dict(), "output": output, "threads": int(plan.actor_cpus),
+                               "device": "cuda" if plan.actor_gpus else "cpu"},
     )
+
+
+def _run_ray(cfg: Config, shards: list[list[Item]], pending: list[int], image_root: str, output: str,
+             log: Callable[[str], None]) -> progress_lib.Progress:
+    """Label the ``pending`` shards on the current Ray instance, reporting each as it finishes."""
+    import ray
+
+    resources = ray.cluster_resources()
+    plan = plan_pool(resources, cfg.label, len(pending))
+    log(f"labeling {len(pending)} of {len(shards)} shards with {plan.actors} actor(s) "
+        f"({plan.actor_gpus or 0} GPU, {plan.actor_cpus} CPU each), read tasks {plan.read_cpus} CPU each")
+    ds = _dataset(cfg, shards, pending, image_root, output, plan, resources)
     tracker = progress_lib.Progress(len(shards), len(pending), plan.actors, log)
     for summary in ds.iter_rows():
         tracker.shard_done(summary)
@@ -134,7 +143,7 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
     ensure_spec(output, spec)
     done = completed_shards(output)
     pending = [k for k in range(len(shards)) if k not in done]
-    log(f"{len(records)} records ({stats.total - stats.accepted} invalid), {len(items)} images, "
+    log(f"{stats.total} records ({stats.total - stats.accepted} invalid), {len(items)} images, "
         f"{len(shards)} shards, {len(shards) - len(pending)} already complete")
     if pending:
         tracker = _run_ray(cfg, shards, pending, image_root, output, log)

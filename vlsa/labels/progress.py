@@ -1,6 +1,6 @@
 """Progress lines a user can follow while labeling runs, the end-of-run summary, and MLflow logging.
 
-Busy fraction = time spent inside model calls (synchronised on CUDA) / (wall time x actors): the
+Busy fraction = time spent inside model calls (device work included) / (wall time x actors): the
 share of the run the accelerators (or the CPU actors) were computing rather than waiting for data.
 """
 

@@ -60,7 +60,9 @@ class ImageReader:
             raise RecordRejected("image_missing", f"image s3://{path}: {type(err).__name__}: {err}") from None
 
 
-def decode_shard(shard: int, items: list[Item], reader: ImageReader, decode: DecodeConfig, geometry: LabelGeometry) -> DecodedShard:
+def decode_shard(
+    shard: int, items: list[Item], reader: ImageReader, decode: DecodeConfig, geometry: LabelGeometry
+) -> DecodedShard:
     """Read, decode and prepare every item of a shard, catching failures per image."""
     started = time.perf_counter()
     out = DecodedShard(shard)
@@ -129,11 +131,11 @@ def decode_batch(batch: dict[str, np.ndarray], *, root: str, decode: DecodeConfi
 class ShardLabeler:
     """Ray Data actor: holds the VQ-VAE and VAE, labels packed shards and writes their files."""
 
-    def __init__(self, cfg: dict[str, Any], output: str, threads: int = 1) -> None:
+    def __init__(self, cfg: dict[str, Any], output: str, device: str = "cpu", threads: int = 1) -> None:
         import torch
 
-        torch.set_num_threads(max(1, threads))  # CPU actors: stay within the CPUs they reserved
-        self.computer = LabelComputer(config_from_dict(cfg))
+        torch.set_num_threads(max(1, threads))  # stay within the CPUs the actor reserved
+        self.computer = LabelComputer(config_from_dict(cfg), device=device)
         self.output = output
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -149,6 +149,8 @@ def vq_code_count(cfg: Config) -> int:
         return 0
     part = cfg.model.vq
     if part.init:
+        if "num_vq_embeddings" not in part.init:
+            raise ValueError(f"ssft.vq_encoding=tokens needs model.vq.init.num_vq_embeddings; init has {sorted(part.init)}")
         return int(part.init["num_vq_embeddings"])
     from diffusers import VQModel
 

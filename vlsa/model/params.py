@@ -45,11 +45,11 @@ def param_groups(model, stage: StageConfig) -> list[dict]:
 
 
 def apply_stage(model, stage: StageConfig) -> list[dict]:
-    """Freeze for ``stage``, set its loss weights (and VDEP's pre-training split), return its param groups.
+    """Freeze for ``stage``, set its loss weights and pre-training flag, return its param groups.
 
-    A stage that leaves the LLM frozen is a pre-training (alignment) stage, where VDEP splits each
-    batch half/half between VDEP mode and plain mode.
+    A stage that leaves the LLM frozen is a pre-training (alignment) stage: the one where VDEP is
+    applied, with each batch split half/half between VDEP mode and plain mode.
     """
     freeze_for_stage(model, stage)
-    model.set_loss_weights(stage.w_lm, stage.w_rec, vdep_split="llm" not in stage.lr)
+    model.set_loss_weights(stage.w_lm, stage.w_rec, pretraining="llm" not in stage.lr)
     return param_groups(model, stage)

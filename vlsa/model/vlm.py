@@ -4,8 +4,9 @@ Attributes follow transformers' LLaVA (``vision_tower``, ``projector``, ``langua
 checkpoint keys map simply; ``recon_head`` (Epigone, denoiser, frozen VAE) exists only when
 ``model.recon.enabled``. ``forward(**batch)`` takes the collated batch and returns a ``VLSAOutput``
 whose ``loss`` is ``w_lm * loss_lm + w_rec * loss_rec + alpha * loss_vdep``. The stage weights are
-set with ``set_loss_weights(w_lm, w_rec, vdep_split)`` (``vlsa.model.params.apply_stage`` does it
-together with the freezing); both default to 1.
+set with ``set_loss_weights(w_lm, w_rec, pretraining)`` (``vlsa.model.params.apply_stage`` does it
+together with the freezing); the weights default to 1 and ``pretraining`` to True. ``pretraining``
+only matters for VDEP, which the paper applies in pre-training with its half/half batch split.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class VLSAModel(nn.Module):
         self.vision_tower, self.projector, self.language_model = vision_tower, projector, language_model
         self.recon_head = recon_head
         self.image_token_id = tokenizer.convert_tokens_to_ids(tokens.IMAGE_TOKEN)
-        self.w_lm, self.w_rec, self.vdep_split = 1.0, 1.0, False
+        self.w_lm, self.w_rec, self.pretraining = 1.0, 1.0, True
 
     @classmethod
     def from_config(cls, cfg: Config) -> "VLSAModel":
@@ -88,9 +89,13 @@ class VLSAModel(nn.Module):
         """The image -> (pixel_lo, pixel_hi) encoder matching this vision tower."""
         return CompressiveEncoder(self.image_size, self.config.model.encoding.max_tiles, self.config.model.vision.kind)
 
-    def set_loss_weights(self, w_lm: float, w_rec: float, vdep_split: bool = False) -> None:
-        """Stage weights of L and L_rec; ``vdep_split``: VDEP's half/half batch split (pre-training)."""
-        self.w_lm, self.w_rec, self.vdep_split = float(w_lm), float(w_rec), bool(vdep_split)
+    def set_loss_weights(self, w_lm: float, w_rec: float, pretraining: bool = True) -> None:
+        """Stage weights of L and L_rec; ``pretraining``: an alignment stage (VDEP on, with its batch split)."""
+        self.w_lm, self.w_rec, self.pretraining = float(w_lm), float(w_rec), bool(pretraining)
+
+    def _vdep_active(self) -> bool:
+        vdep = self.config.model.vdep
+        return vdep.enabled and (self.pretraining or vdep.in_finetuning)
 
     # ------------------------------------------------------------------------------- vision
 
@@ -162,10 +167,10 @@ class VLSAModel(nn.Module):
             raise TypeError(f"unexpected batch tensors {unknown}; known: {sorted(BATCH_TENSORS)}")
         spliced, proj = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi,
                                             tile_mask, labels, ssft_mask)
-        vdep_on, cond_hidden = self.config.model.vdep.enabled and proj is not None, self._conditions_on_llm()
+        vdep_on, cond_hidden = self._vdep_active() and proj is not None, self._conditions_on_llm()
         vdep_samples = self._vdep_samples(input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
-        if lm_labels is not None and vdep_samples is not None and self.vdep_split:
+        if lm_labels is not None and vdep_on and self._splits_batch():
             lm_labels = lm_labels.masked_fill(vdep_samples[:, None], IGNORE)  # VDEP half: image loss only
         out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                   output_hidden_states=vdep_on or cond_hidden, use_cache=False)
@@ -181,9 +186,13 @@ class VLSAModel(nn.Module):
     def _conditions_on_llm(self) -> bool:
         return self.recon_head is not None and self.config.model.recon.conditioning == "llm_hidden"
 
+    def _splits_batch(self) -> bool:
+        """VDEP's half/half split: pre-training steps only (evaluation scores every sample both ways)."""
+        return self.training and self.pretraining and self.config.model.vdep.split_batch
+
     def _vdep_samples(self, batch: int, device) -> torch.Tensor:
         """Samples in VDEP mode: a random half when splitting (pre-training), else all."""
-        if not (self.vdep_split and self.config.model.vdep.split_batch):
+        if not self._splits_batch():
             return torch.ones(batch, dtype=torch.bool, device=device)
         half = batch // 2 if batch > 1 else int(torch.randint(0, 2, ()))  # a single sample: a coin flip
         mask = torch.zeros(batch, dtype=torch.bool)
@@ -205,13 +214,11 @@ class VLSAModel(nn.Module):
             cue, pooled = hidden_cue(out.hidden_states[-1], spliced.spans, proj.cue.shape[1])
         return self.recon_head(cue, pooled, latent=recon_latent, pixels=recon_pixels)
 
-    def _total(self, loss_lm, loss_rec, loss_vdep) -> torch.Tensor:
-        total = self.w_lm * loss_lm
-        if loss_rec is not None:
-            total = total + self.w_rec * loss_rec
-        if loss_vdep is not None:
-            total = total + self.config.model.vdep.alpha * loss_vdep
-        return total
+    def _total(self, loss_lm, loss_rec, loss_vdep) -> torch.Tensor | None:
+        """w_lm L + w_rec L_rec + alpha L_vdep over the parts present (None without any, e.g. no labels)."""
+        weighted = [(self.w_lm, loss_lm), (self.w_rec, loss_rec), (self.config.model.vdep.alpha, loss_vdep)]
+        parts = [w * loss for w, loss in weighted if loss is not None]
+        return sum(parts[1:], parts[0]) if parts else None
 
     # ------------------------------------------------------------------------------- inference
 

@@ -27,9 +27,17 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 
 def tracking_uri(configured: str) -> str:
-    """The config's URI, else ``MLFLOW_TRACKING_URI``, else ``./mlruns`` (made absolute for workers)."""
+    """The config's URI, else ``MLFLOW_TRACKING_URI``, else a local store in ``./mlruns``.
+
+    The local store is a SQLite database ``./mlruns/mlflow.db`` with the artifacts beside it (MLflow
+    no longer accepts new runs in a plain folder store); the path is made absolute for the workers.
+    """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
-    return uri or Path("mlruns").resolve().as_uri()
+    if uri:
+        return uri
+    folder = Path("mlruns").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def redact(key: str, value: Any) -> str:

@@ -1,0 +1,115 @@
+"""Every benchmark in smoke mode on the tiny preset, through the command line, with its JSON parsed.
+
+No timing is asserted (the machine is shared); what is checked is that each figure is there, has the
+right type and a possible value, and agrees with the FLOP counter and the model where it can.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from vlsa.bench.__main__ import main
+
+
+def bench_json(capsys, name: str, cache_dir: str, *extra: str) -> dict:
+    """Run ``python -m vlsa.bench NAME --preset tiny --smoke --json`` in-process and parse its stdout."""
+    capsys.readouterr()
+    assert main([name, "--preset", "tiny", "--device", "cpu", "--smoke", "--json",
+                 "--set", f"model.cache_dir={cache_dir}", *extra]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["benchmark"] == name
+    assert report["settings"]["command"].startswith(f"python -m vlsa.bench {name} ")
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_count"] >= 1
+    return report
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def check_timing(stats: dict) -> None:
+    assert set(stats) == {"median_s", "min_s", "max_s", "spread"}
+    assert 0 < stats["min_s"] <= stats["median_s"] <= stats["max_s"] and stats["spread"] >= 0
+
+
+def test_flops(capsys, cache_dir):
+    r = bench_json(capsys, "flops", cache_dir)
+    steps = r["step_flops"]
+    assert 0 < r["flop_ratio"] < 1 and r["flop_ratio"] == pytest.approx(steps["vlsa"] / steps["anyres"])
+    assert set(r["step_flops_by_part"]["vlsa"]) == {"vision", "projector", "llm", "epigone", "denoiser"}
+    assert set(r["step_flops_by_part"]["anyres"]) == {"vision", "projector", "llm"}
+    assert sum(r["step_flops_by_part"]["vlsa"].values()) == pytest.approx(steps["vlsa"])
+    assert 0 < r["prefill_flops_per_image"]["vlsa"] < r["prefill_flops_per_image"]["anyres"]
+
+
+def test_step(capsys, cache_dir):
+    r = bench_json(capsys, "step", cache_dir)
+    assert positive(r["ratio"]) and positive(r["cpu_ratio"]) and r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+    assert 0 < r["flop_ratio"] < 1 and r["flop_ratio"] == pytest.approx(r["flops"]["vlsa"] / r["flops"]["anyres"])
+    check_timing(r["vlsa"])
+    check_timing(r["anyres"])
+    tiles = r["settings"]["tiles"]
+    assert r["visual_tokens"]["anyres"] == (tiles + 1) * r["visual_tokens"]["vlsa"]
+    assert r["settings"]["repeats"] == 2 and r["settings"]["warmup"] == 1  # --smoke
+
+
+def test_mfu(capsys, cache_dir):
+    r = bench_json(capsys, "mfu", cache_dir)
+    assert positive(r["mfu"]) and positive(r["flops_per_step"]) and positive(r["peak_flops"])
+    assert r["mfu"] == pytest.approx(r["achieved_flops"] / r["peak_flops"])
+    assert r["achieved_flops"] == pytest.approx(r["flops_per_step"] / r["step"]["median_s"])
+    assert r["peak_source"].startswith("measured") and r["clock"] == "process CPU seconds"
+    assert sum(r["flop_share"].values()) == pytest.approx(1.0)
+    assert set(r["time_share"]) >= {"llm forward", "vision forward", "denoiser forward", "backward + optimizer + rest"}
+    check_timing(r["step"])
+
+
+def test_label(capsys, cache_dir):
+    r = bench_json(capsys, "label", cache_dir)
+    assert positive(r["images_per_s"]) and positive(r["device_images_per_s"])
+    assert r["device_images_per_s"] >= r["images_per_s"]  # model time is part of the total
+    assert 0 < r["busy_fraction"] <= 1
+    per = r["seconds_per_image"]
+    assert set(per) == {"decode", "prepare", "compute", "model", "total"}
+    assert per["total"] == pytest.approx(per["decode"] + per["prepare"] + per["compute"])
+    assert r["settings"]["images"] == 4
+
+
+def test_latency(capsys, cache_dir, tmp_path):
+    r = bench_json(capsys, "latency", cache_dir, "--out", str(tmp_path))
+    rows = r["rows"]
+    assert [row["tiles"] for row in rows] == [1, 4]  # --smoke grids [1, 2]
+    assert rows[1]["side"] == 2 * rows[0]["side"]
+    for row in rows:
+        assert row["vlsa"]["tokens"] < row["anyres"]["tokens"] == (row["tiles"] + 1) * row["vlsa"]["tokens"]
+        assert positive(row["vlsa"]["latency_s"]) and positive(row["anyres"]["latency_s"]) and positive(row["ratio"])
+        assert 0 < row["flop_ratio"] < 1
+    assert rows[1]["flop_ratio"] < rows[0]["flop_ratio"]  # AnyRes grows with the tiles, VLSA does not
+    if importlib.util.find_spec("matplotlib") is None:
+        assert r["plot"] is None
+    else:
+        with open(r["plot"], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_ray_overhead(capsys, cache_dir):
+    r = bench_json(capsys, "ray-overhead", cache_dir)
+    for key in ("ratio", "cpu_ratio", "plain_drift", "plain_step_s", "ray_step_s", "report_s"):
+        assert positive(r[key]), key
+    assert r["ratio"] == pytest.approx(r["ray_step_s"] / r["plain_step_s"])
+    assert r["settings"]["workers"] == 1 and r["ray_startup_s"] > 0
+
+
+def test_unknown_benchmark_is_refused():
+    with pytest.raises(SystemExit):
+        main(["nope"])
+
+
+def test_tiles_over_the_cap_are_refused(capsys, cache_dir):
+    with pytest.raises(ValueError, match="bench.tiles=5 exceeds model.encoding.max_tiles=4"):
+        main(["step", "--preset", "tiny", "--smoke", "--set", f"model.cache_dir={cache_dir}", "--set", "bench.tiles=5"])

@@ -1,0 +1,76 @@
+"""MLflow tracking: params without secrets, one reopenable job run, nested stage runs, the grid image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vlsa
+from vlsa.train import tracking
+
+
+def test_config_params_are_flat_and_complete():
+    cfg = vlsa.load_config("tiny")
+    params = tracking.config_params(cfg.to_dict())
+    assert params["train.stages.1.lr.vision"] == str(cfg.train.stages[1].lr["vision"])
+    assert params["train.stages.0.zero_stage"] == "2" and params["model.llm.init.hidden_size"] == "128"
+    assert all(isinstance(v, str) and len(v) <= tracking.MAX_PARAM_LENGTH for v in params.values())
+
+
+def test_secrets_never_reach_params():
+    config = {"store": {"uri": "https://alice:hunter2@mlflow.example.com/x", "secret_key": "hunter2",
+                        "api_token": "abc", "password": "pw", "bucket": "s3://data/raw"},
+              "long": "x" * 7000}
+    params = tracking.config_params(config)
+    assert params["store.uri"] == "https://***@mlflow.example.com/x"
+    assert params["store.secret_key"] == params["store.api_token"] == params["store.password"] == "***"
+    assert params["store.bucket"] == "s3://data/raw" and len(params["long"]) == tracking.MAX_PARAM_LENGTH
+    assert not any("hunter2" in v or v == "abc" for v in params.values())
+
+
+def test_tracking_uri_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert tracking.tracking_uri("") == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri("") == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert (tmp_path / "mlruns").is_dir()
+
+
+def test_job_run_is_reopened_by_key_and_stages_nest_under_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = tracking.open_parent_run(uri, "exp", "job", "/runs/job", {"a": "1", "b": "2"})
+    again = tracking.open_parent_run(uri, "exp", "job", "/runs/job", {"a": "1", "b": "3", "c": "4"})
+    other = tracking.open_parent_run(uri, "exp", "job", "/runs/other", {"a": "1"})
+    assert again == first and other != first
+    client = tracking.client(uri)
+    run = client.get_run(first)
+    assert run.data.params == {"a": "1", "b": "2", "c": "4"}  # params are immutable in MLflow
+    assert run.data.tags["vlsa.changed_params"] == "b"
+
+    stage = tracking.StageTracker(uri, first, "stage1")
+    stage.log_metrics({"loss": 2.5, "lr/projector": 1e-3}, step=1)
+    stage.log_metrics({"loss": 2.0, "lr/projector": 1e-3}, step=2)
+    resumed = tracking.StageTracker(uri, first, "stage1")  # a restarted worker logs to the same run
+    assert resumed.run_id == stage.run_id != tracking.StageTracker(uri, first, "stage2").run_id
+    resumed.log_metrics({"loss": 1.5}, step=3)
+    history = client.get_metric_history(stage.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 2.0), (3, 1.5)]
+    assert client.get_run(stage.run_id).data.tags[tracking.PARENT_TAG] == first
+    tracking.close_run(uri, first, ok=False)
+    assert client.get_run(first).info.status == "FAILED"
+
+
+def test_reconstruction_grid_puts_inputs_over_outputs():
+    inputs = torch.full((3, 3, 8, 8), -1.0)  # black
+    outputs = torch.ones(3, 3, 8, 8)  # white
+    outputs[1, 0] = -1.0  # cyan
+    grid = np.asarray(tracking.reconstruction_grid(inputs, outputs, min_side=16))
+    assert grid.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3)
+    assert (grid[2:18, 2:18] == 0).all()  # first input, enlarged 2x
+    assert (grid[20:36, 2:18] == 255).all()  # its reconstruction below it
+    assert grid[20:36, 20:36].tolist()[0][0] == [0, 255, 255]
+    with pytest.raises(ValueError, match=r"one \(N, 3, S, S\) shape"):
+        tracking.reconstruction_grid(inputs, outputs[:2])

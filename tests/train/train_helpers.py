@@ -1,0 +1,46 @@
+"""Small training configs and MLflow readers shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import vlsa
+from vlsa.config import Config
+
+
+def small_overrides(demo, cache_dir: str, *, workers: int, steps: int = 3) -> list[str]:
+    """Both tiny stages on the four-image demo set: ``steps`` steps each, a checkpoint after every step."""
+    overrides = [f"model.cache_dir={cache_dir}", f"run.num_workers={workers}", "run.max_failures=2",
+                 "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.num_workers=0"]
+    for i in (0, 1):
+        overrides += [f"train.stages.{i}.data.image_root={demo.image_root}", f"train.stages.{i}.max_steps={steps}",
+                      f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2"]
+    overrides += [f"train.stages.0.data.train={demo.pretrain}", f"train.stages.1.data.train={demo.instruct}",
+                  "train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
+    return overrides
+
+
+def small_config(demo, cache_dir: str, root: Path, name: str, tracking_uri: str, *, workers: int,
+                 steps: int = 3, extra: tuple[str, ...] = ()) -> Config:
+    overrides = small_overrides(demo, cache_dir, workers=workers, steps=steps)
+    overrides += [f"run.storage_path={root}", f"run.name={name}", f"run.mlflow.tracking_uri={tracking_uri}", *extra]
+    return vlsa.load_config("tiny", overrides)
+
+
+def stage_run(tracking_uri: str, parent_run_id: str, stage: str):
+    """The nested MLflow run of ``stage`` under the job's run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`vlsa.stage` = '{stage}'"
+    (run,) = client.search_runs([parent.info.experiment_id], filter_string=query)
+    return run
+
+
+def history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
+    """``step -> value``; a step logged twice (before a failure and after the resume) keeps the later value."""
+    from mlflow import MlflowClient
+
+    points = sorted(MlflowClient(tracking_uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in points}

@@ -1,0 +1,27 @@
+"""w_rec : w_lm ratios of Tab. 13 (ex18-ex20 and the default 1:1), applied to every stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tune_spaces.points import copy_of, every_stage, named_grid, stage_key
+from vlsa.config import Config
+
+# label -> (w_rec, w_lm), in the order of Tab. 13.
+RATIOS = {"0.25:0.75": (0.25, 0.75), "0.5:0.5": (0.5, 0.5), "0.75:0.25": (0.75, 0.25), "1:1": (1.0, 1.0)}
+
+
+def grid(cfg: Config) -> dict[str, Any]:
+    """The four ratios of Tab. 13 as a grid."""
+    return named_grid({label: every_stage(cfg, {"w_rec": rec, "w_lm": lm}) for label, (rec, lm) in RATIOS.items()})
+
+
+def continuous(cfg: Config) -> dict[str, Any]:
+    """Both weights drawn uniformly from the range Tab. 13 spans, shared by every stage."""
+    from ray import tune
+
+    space: dict[str, Any] = {stage_key(0, "w_rec"): tune.uniform(0.25, 1.0), stage_key(0, "w_lm"): tune.uniform(0.25, 1.0)}
+    for i in range(1, len(cfg.train.stages)):
+        for name in ("w_rec", "w_lm"):
+            space[stage_key(i, name)] = copy_of(stage_key(0, name))
+    return space

@@ -1,0 +1,79 @@
+"""``label``: labeling throughput (decode, VQ encode + codebook search, VAE encode) and device busy fraction.
+
+Runs the labeling code itself, in one process: ``decode_image`` on encoded JPEG bytes, ``prepare``
+(the CPU resizing) and ``LabelComputer.compute`` (the frozen VQ-VAE with its nearest-code search and
+the VAE, timed inside by ``LabelComputer.model_seconds``). Reports images/s end to end, images/s of
+the model calls alone (what one device sustains when decoding runs elsewhere, as in the Ray Data
+pipeline), and the fraction of the time the device computes.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlsa.bench.device import describe
+from vlsa.bench.report import Report, table
+from vlsa.config import Config
+
+
+def jpeg_images(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
+    """``n`` encoded JPEGs of smooth gradients with noise (so decoding does real work)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    out = []
+    for _ in range(n):
+        base = (np.sin(xs[..., None] / rng.uniform(5, 40) + rng.uniform(0, 6, 3)) * 80 + 128
+                + np.cos(ys[..., None] / rng.uniform(5, 40)) * 40)
+        rgb = np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def label_pass(computer, blobs: list[bytes], cfg: Config) -> dict[str, float]:
+    """Seconds spent decoding, preparing and in the models for ``blobs``."""
+    from vlsa.data.image import decode_image
+    from vlsa.labels.compute import prepare
+
+    t0 = time.perf_counter()
+    images = [decode_image(b, cfg.label.decode) for b in blobs]
+    t1 = time.perf_counter()
+    prepared = [prepare(image, computer.geometry) for image in images]
+    t2 = time.perf_counter()
+    before = computer.model_seconds
+    rows = computer.compute(prepared)
+    t3 = time.perf_counter()
+    if len(rows) != len(blobs):
+        raise RuntimeError(f"labeling returned {len(rows)} rows for {len(blobs)} images")
+    return {"decode_s": t1 - t0, "prepare_s": t2 - t1, "compute_s": t3 - t2,
+            "model_s": computer.model_seconds - before, "total_s": t3 - t0}
+
+
+def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
+    """One warm-up batch, then one timed pass over ``bench.label_images`` images."""
+    from vlsa.labels.compute import LabelComputer
+
+    computer = LabelComputer(cfg, device=device)
+    side = cfg.model.vq_image_size
+    width, height = side, max(1, side * 3 // 4)  # a typical 4:3 photo at the VQ input size
+    label_pass(computer, jpeg_images(cfg.label.batch_size, width, height, seed=1), cfg)
+    n = cfg.bench.label_images
+    t = label_pass(computer, jpeg_images(n, width, height), cfg)
+    metrics = {"images_per_s": n / t["total_s"], "device_images_per_s": n / t["model_s"],
+               "busy_fraction": t["model_s"] / t["total_s"],
+               "seconds_per_image": {k.removesuffix("_s"): v / n for k, v in t.items()}}
+    settings = {"preset": cfg.preset, "images": n, "image_size": f"{width}x{height} JPEG",
+                "batch_size": cfg.label.batch_size, "vq_image_size": side,
+                "recon_image_size": cfg.model.recon.image_size, "device": device.type,
+                "threads": torch.get_num_threads()}
+    rows = [[k, f"{v * 1e3:.2f} ms"] for k, v in metrics["seconds_per_image"].items()]
+    lines = [f"images/s end to end {metrics['images_per_s']:.2f}; model calls alone "
+             f"{metrics['device_images_per_s']:.2f}; device busy {metrics['busy_fraction']:.1%} of the time", ""]
+    lines += table(["stage", "per image"], rows)
+    return Report("label", metrics, settings, describe(device), lines)

@@ -1,0 +1,151 @@
+"""Ablation tables: run a named grid (``tune_spaces.GRIDS``) as a sweep and tabulate its variants.
+
+    python -m vlsa.tune.ablate --grid tab5 --config C [--out DIR] [--only LABEL ...] [key=value ...]
+
+Writes ``<DIR>/<grid>.md`` and ``<DIR>/<grid>.csv`` (one row per variant, one column per metric) and
+logs both to the sweep's MLflow run, with the command that produced them. Re-running the same
+command continues an interrupted ablation: finished variants are not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlsa.config import Config, load_config
+
+PROGRAM = "python -m vlsa.tune.ablate"
+EXTRA_METRICS = ("eval_accuracy", "eval_blind_accuracy")
+"""Columns after the training losses, when the trials measured them."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """An ablation table: the variant label, then metric columns; a missing value is None."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def last_values(result) -> dict[str, float]:
+    """The newest finite value of every numeric metric a trial reported (a held-out metric comes
+    last, after the training losses)."""
+    frame = result.metrics_dataframe
+    values: dict[str, float] = {}
+    if frame is None:
+        return values
+    for column in frame.columns:
+        series = frame[column].dropna()
+        if len(series) and isinstance(series.iloc[-1], (int, float)) and not isinstance(series.iloc[-1], bool):
+            values[column] = float(series.iloc[-1])
+    return values
+
+
+def metric_columns(metric: str, found: set[str]) -> list[str]:
+    """The sweep's metric first, then the losses and held-out metrics that some variant reported."""
+    from vlsa.train.step import LOSS_KEYS
+
+    columns = [metric] if metric in found else []
+    return columns + [k for k in (*LOSS_KEYS, *EXTRA_METRICS) if k in found and k != metric]
+
+
+def ablation_table(results, labels: list[str], metric: str) -> Table:
+    """One row per variant in ``labels`` order: its status and the last value of each metric."""
+    from tune_spaces.points import VARIANT_KEY
+
+    by_label = {r.config[VARIANT_KEY]: r for r in results}
+    missing = [label for label in labels if label not in by_label]
+    if missing:
+        raise RuntimeError(f"the sweep has no trial for variant(s) {missing}; it ran {sorted(by_label)}")
+    values = {label: last_values(by_label[label]) for label in labels}
+    columns = metric_columns(metric, set().union(*values.values()))
+    rows = [[label, "ERROR" if by_label[label].error else "OK", *(values[label].get(c) for c in columns)]
+            for label in labels]
+    return Table(["variant", "status", *columns], rows)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def to_markdown(table: Table, title: str, command: str) -> str:
+    """The table in Markdown, under a title and the command that produced it."""
+    lines = [f"# {title}", "", f"Command: `{command}`", "",
+             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """The table as CSV (full-precision numbers, empty cells for missing values)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.columns)
+    writer.writerows([["" if v is None else v for v in row] for row in table.rows])
+    return out.getvalue()
+
+
+def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: list[str] = (), name: str = "",
+                 command: str = "") -> dict[str, Any]:
+    """Run grid ``grid`` over ``cfg`` on the current Ray cluster; write and log its table."""
+    from tune_spaces import GRIDS, build_space
+    from vlsa.train import tracking
+    from vlsa.tune.sweep import run_sweep
+
+    labels = list(only) or list(GRIDS[grid](cfg))
+    outcome = run_sweep(cfg, build_space(grid, cfg, only), name or f"{cfg.run.name}-{grid}", command=command)
+    table = ablation_table(outcome.results, labels, cfg.tune.metric)
+    texts = {f"{grid}.md": to_markdown(table, f"Ablation {grid} ({cfg.preset})", command), f"{grid}.csv": to_csv(table)}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    mlflow_client = tracking.client(tracking.tracking_uri(cfg.run.mlflow.tracking_uri))
+    for file_name, text in texts.items():
+        (Path(out_dir) / file_name).write_text(text)
+        mlflow_client.log_text(outcome.run_id, text, f"ablation/{file_name}")
+    return {"markdown": str(Path(out_dir) / f"{grid}.md"), "csv": str(Path(out_dir) / f"{grid}.csv"),
+            "mlflow_run_id": outcome.run_id, "failed": [row[0] for row in table.rows if row[1] != "OK"]}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from tune_spaces import GRIDS
+
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", required=True, choices=sorted(GRIDS))
+    parser.add_argument("--config", default="tiny", help="preset name or YAML path (default: tiny)")
+    parser.add_argument("--out", default="ablations", help="folder of the Markdown and CSV tables")
+    parser.add_argument("--only", action="append", default=[], metavar="LABEL",
+                        help="run only this variant (repeatable; default: every variant of the grid)")
+    parser.add_argument("--name", default="", help="sweep name (default: <run.name>-<grid>)")
+    parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1),
+                        help="logical CPUs of a local Ray instance (ignored on a cluster)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.stages.0.max_steps=10")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line; prints where the tables went as one JSON line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from vlsa.tune.resources import ray_session
+
+    with ray_session(args.num_cpus):
+        summary = run_ablation(cfg, args.grid, args.out, only=args.only, name=args.name,
+                               command=shlex.join([*PROGRAM.split(), *argv]))
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)

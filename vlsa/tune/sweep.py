@@ -1,0 +1,180 @@
+"""Sweeps: a ``ray.tune.Tuner`` whose trials are full training runs, tracked in MLflow, restorable.
+
+The sweep lives under ``<run.storage_path>/<sweep name>``: Tune's experiment state there, and the
+trials' training runs under ``trials/``. Running the same sweep again restores it when Tune can:
+finished trials are kept, unfinished and failed ones run (again, continuing from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlsa.config import Config, ConfigError, flatten
+from vlsa.io import storage
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a finished sweep found."""
+
+    path: str
+    """Tune experiment folder (restore from here)."""
+    run_id: str
+    """The sweep's MLflow run."""
+    best_point: dict[str, Any]
+    """The best trial's dotted overrides."""
+    best_metrics: dict[str, Any]
+    """The best trial's last result."""
+    results: Any
+    """Tune's ``ResultGrid``."""
+
+
+def sweep_path(cfg: Config, name: str) -> str:
+    """Folder of sweep ``name`` (local paths made absolute: trials run in other folders)."""
+    root = cfg.run.storage_path
+    if not storage.is_s3(root):
+        root = str(Path(root).expanduser().resolve())
+    return f"{root.rstrip('/')}/{name}"
+
+
+def with_demo_data(cfg: Config, folder: str) -> tuple[Config, str]:
+    """``cfg`` with stages that name no data pointed at the generated demo set (made once under ``folder``).
+
+    Returns the config and the demo folder ("" when every stage names its data).
+    """
+    from vlsa.config import config_from_dict
+    from vlsa.data.demo import generate_demo
+
+    if all(s.data.train for s in cfg.train.stages):
+        return cfg, ""
+    demo = generate_demo(cfg.demo, folder, seed=cfg.train.seed)
+    data = cfg.to_dict()
+    for i, stage in enumerate(data["train"]["stages"]):
+        if not stage["data"]["train"]:  # captions for the first stage, conversations after it
+            stage["data"]["train"] = demo.pretrain if i == 0 else demo.instruct
+            stage["data"]["image_root"] = demo.image_root
+    return config_from_dict(data), demo.root
+
+
+def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
+    """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``."""
+    from tune_spaces.points import sample_points
+    from vlsa.tune.trial import apply_point
+
+    for point in sample_points(space, samples):
+        apply_point(cfg, point)
+
+
+def scheduler(cfg: Config):
+    """ASHA early stopping over Tune results, or None (every trial runs to its end)."""
+    if cfg.tune.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    steps = sum(s.max_steps for s in cfg.train.stages) if all(s.max_steps for s in cfg.train.stages) else 100_000
+    return ASHAScheduler(time_attr="training_iteration", max_t=max(steps, cfg.tune.grace_period),
+                         grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
+
+
+def trainable(cfg: Config, sweep: dict[str, str]):
+    """The trial function with the base config bound and a driver CPU reserved."""
+    from ray import tune
+
+    from vlsa.tune.resources import DRIVER_CPUS
+    from vlsa.tune.trial import run_trial
+
+    return tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=sweep), {"cpu": DRIVER_CPUS})
+
+
+def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, callbacks: Sequence = (),
+                demo: str = ""):
+    """A new Tuner, or the restored one when the sweep's folder holds a sweep Tune can restore.
+
+    A held-out metric exists only in a trial's last result, so Tune is not told the metric then
+    (it would insist on it in every result); the best trial is picked from the last results.
+    """
+    import ray
+    from ray import tune
+
+    from vlsa.train.tracking import tracking_uri
+    from vlsa.tune.callback import MLflowTrials
+    from vlsa.tune.resources import max_concurrent
+
+    path = sweep_path(cfg, name)
+    uri = tracking_uri(cfg.run.mlflow.tracking_uri)
+    info = {"name": name, "trials": f"{path}/trials", "tracking_uri": uri, "run_id": run_id, "demo": demo}
+    fn = trainable(cfg, info)
+    filesystem, _ = storage.pyarrow_filesystem(path)
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        return tune.Tuner.restore(path, fn, param_space=space, resume_errored=True, storage_filesystem=filesystem)
+    root, _ = path.rsplit("/", 1)
+    fs, root_path = storage.pyarrow_filesystem(root)
+    return tune.Tuner(
+        fn, param_space=space,
+        tune_config=tune.TuneConfig(metric=None if cfg.tune.final_metric() else cfg.tune.metric,
+                                    mode=None if cfg.tune.final_metric() else cfg.tune.mode,
+                                    num_samples=cfg.tune.num_samples,
+                                    scheduler=scheduler(cfg),
+                                    max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources())),
+        run_config=tune.RunConfig(name=name, storage_path=root_path, storage_filesystem=fs,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+                                  callbacks=[MLflowTrials(uri, run_id), *callbacks]),
+    )
+
+
+def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "",
+              callbacks: Sequence = ()) -> SweepOutcome:
+    """Run (or continue) sweep ``name`` of ``space`` over base config ``cfg`` on the current Ray cluster.
+
+    Trials that fail leave the sweep's MLflow run FAILED; running the sweep again reruns only them.
+    """
+    from vlsa.train import tracking
+    from vlsa.tune.tracking import open_sweep_run
+
+    uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
+    path = sweep_path(cfg, name)
+    cfg, demo = (cfg, "") if storage.is_s3(path) else with_demo_data(cfg, f"{path}/demo")
+    if cfg.tune.final_metric() and not demo:
+        raise ConfigError(f"tune.metric={cfg.tune.metric!r} scores the generated demo held-out split, which a "
+                          f"sweep stored at {path} with data named by every stage does not use")
+    check_space(cfg, space)
+    params = {"sweep.keys": ",".join(sorted(space)), **tracking.config_params(cfg.to_dict())}
+    run_id = open_sweep_run(uri, cfg.run.mlflow.experiment, path, name, params)
+    if command:
+        tracking.client(uri).set_tag(run_id, "vlsa.command", command)
+    try:
+        results = build_tuner(cfg, space, name, run_id, callbacks, demo).fit()
+        outcome = summarize(results, cfg, path, run_id)
+    except BaseException:
+        tracking.close_run(uri, run_id, ok=False)
+        raise
+    log_best(uri, outcome)
+    tracking.close_run(uri, run_id, ok=not outcome.results.errors)
+    return outcome
+
+
+def summarize(results, cfg: Config, path: str, run_id: str) -> SweepOutcome:
+    """The best trial of a finished sweep (errors of failed trials are raised)."""
+    errors = [r.error for r in results if r.error is not None]
+    if errors and len(errors) == len(results):
+        raise RuntimeError(f"every trial of sweep {path} failed; first error: {errors[0]!r}")
+    best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode, scope="last")
+    return SweepOutcome(path, run_id, dict(best.config), dict(best.metrics), results)
+
+
+def log_best(uri: str, outcome: SweepOutcome) -> None:
+    """The best point and its metrics on the sweep's run, with the count of failed trials."""
+    from mlflow.entities import Metric, RunTag
+
+    from vlsa.train import tracking
+    from vlsa.tune.tracking import numeric_metrics
+
+    tags = [RunTag(f"best.{k}", tracking.redact(k, v)) for k, v in flatten(outcome.best_point).items()]
+    metrics = {f"best/{k}": v for k, v in numeric_metrics(outcome.best_metrics).items()}
+    metrics["trials_failed"] = float(len(outcome.results.errors))
+    now = int(time.time() * 1000)
+    tracking.client(uri).log_batch(outcome.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())],
+                                   tags=tags)

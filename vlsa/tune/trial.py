@@ -1,0 +1,103 @@
+"""One trial of a sweep: a full Ray Train run of the training job, launched from a Tune function.
+
+This is the pattern Ray recommends for Tune with Train V2: the trial's function builds the
+``TorchTrainer`` and calls ``fit()``; a Train callback forwards the workers' reports to Tune. The
+workers run the normal training loop with a hook that reports each step's losses. When the sweep's
+metric is a held-out one, the trial's function scores the final checkpoint after ``fit()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlsa.config import Config, ConfigError, apply_override, config_from_dict
+
+
+def apply_point(cfg: Config, point: dict[str, Any]) -> Config:
+    """``cfg`` with a point's ``{dotted path: value}`` applied and validated (a bad path or value raises)."""
+    data = cfg.to_dict()
+    try:
+        for path, value in sorted(point.items()):
+            apply_override(data, path, value)
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"search-space point {point} is not a valid config: {err}") from err
+
+
+def trial_config(base: dict[str, Any], point: dict[str, Any], *, name: str, storage_path: str) -> Config:
+    """The base config with the trial's point applied, run under its own name and folder."""
+    data = apply_point(config_from_dict(base), point).to_dict()
+    data["run"]["name"], data["run"]["storage_path"] = name, storage_path
+    return config_from_dict(data)
+
+
+def report_step(info) -> None:
+    """Training-loop hook: report the step's losses to Ray Train (every worker calls it)."""
+    import ray.train
+
+    metrics = dict(info.result.losses) if info.result is not None else {}
+    ray.train.report(metrics | {"stage_index": info.stage_index, "step": info.step})
+
+
+def train_fn(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function of a trial: the normal loop plus per-step reports."""
+    from vlsa.train.loop import Hooks, train_worker
+
+    train_worker(config, Hooks(after_step=report_step))
+
+
+def forward_callback():
+    """Forwards Train reports to Tune, carrying the newest value of every metric forward.
+
+    Checkpoint reports carry only their position; without the carry the sweep's metric would be
+    missing from those results.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class CarryForward(TuneReportCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.latest: dict[str, Any] = {}
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            self.latest |= metrics[0]
+            super().after_report(run_context, [dict(self.latest)] + list(metrics[1:]), checkpoint)
+
+    return CarryForward()
+
+
+def held_out_metrics(cfg: Config, run: str, demo_dir: str) -> dict[str, float]:
+    """Held-out accuracy of the run's final checkpoint on the demo split (and the image-blind baseline)."""
+    from vlsa.data.demo import generate_demo
+    from vlsa.train import checkpoint as ckpt
+    from vlsa.train.default_run import evaluate
+
+    final = ckpt.latest_complete(run)
+    if final is None or not final.final or final.stage_index != len(cfg.train.stages) - 1:
+        raise RuntimeError(f"run {run} has no checkpoint ending its last stage to evaluate (newest: {final})")
+    paths = generate_demo(cfg.demo, demo_dir, seed=cfg.train.seed)  # the sweep made it: reused as is
+    result = evaluate(cfg, final.uri, paths)
+    metrics = {"eval_accuracy": result["model"]["accuracy"], "eval_blind_accuracy": result["blind"]["accuracy"]}
+    return metrics | {f"eval_accuracy/{kind}": acc for kind, acc in result["model"]["per_type"].items()}
+
+
+def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, str]) -> None:
+    """Tune's function trainable: train the base config with ``point`` applied."""
+    import ray.tune
+
+    from vlsa.train import checkpoint as ckpt
+    from vlsa.train import tracking
+    from vlsa.train.driver import build_trainer, resolve
+    from vlsa.train.loop import JobInfo
+    from vlsa.tune.tracking import open_trial_run
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = resolve(trial_config(base, point, name=f"{sweep['name']}-{trial_id}", storage_path=sweep["trials"]))
+    uri, run = sweep["tracking_uri"], ckpt.run_uri(cfg.run.storage_path, cfg.run.name)
+    run_id = open_trial_run(uri, sweep["run_id"], trial_id, run, cfg.run.name)
+    tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, tracking.config_params(cfg.to_dict()))
+    trainer = build_trainer(cfg, JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id), train_fn)
+    trainer.run_config.callbacks.append(forward_callback())
+    trainer.fit()
+    if cfg.tune.final_metric():
+        ray.tune.report(held_out_metrics(cfg, run, sweep["demo"]))
