@@ -50,4 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from vlsa.tune.sweep import SweepInterrupted
+
+    try:
+        main()
+    except SweepInterrupted as err:  # Ctrl+C: the state is saved, say how to continue
+        sys.exit(f"interrupted: {err}")

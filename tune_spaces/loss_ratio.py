@@ -20,7 +20,7 @@ def continuous(cfg: Config) -> dict[str, Any]:
     """Both weights drawn uniformly from the range Tab. 13 spans, shared by every stage."""
     from ray import tune
 
-    space: dict[str, Any] = {stage_key(0, "w_rec"): tune.uniform(0.25, 1.0), stage_key(0, "w_lm"): tune.uniform(0.25, 1.0)}
+    space: dict[str, Any] = {stage_key(0, name): tune.uniform(0.25, 1.0) for name in ("w_rec", "w_lm")}
     for i in range(1, len(cfg.train.stages)):
         for name in ("w_rec", "w_lm"):
             space[stage_key(i, name)] = copy_of(stage_key(0, name))

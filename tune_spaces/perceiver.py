@@ -8,11 +8,18 @@ from tune_spaces.points import named_grid
 from vlsa.config import Config
 
 _P = "model.projector."
+
+
+def _structure(self_attention: bool, full_projections: bool, global_embedding: str) -> dict[str, Any]:
+    return {_P + "self_attention": self_attention, _P + "full_projections": full_projections,
+            _P + "global_embedding": global_embedding}
+
+
 VARIANTS = {
-    "default": {_P + "self_attention": True, _P + "full_projections": False, _P + "global_embedding": "query"},
-    "ex1_no_self_attention": {_P + "self_attention": False, _P + "full_projections": False, _P + "global_embedding": "query"},
-    "ex2_full_projections": {_P + "self_attention": True, _P + "full_projections": True, _P + "global_embedding": "query"},
-    "ex3_pooled_global": {_P + "self_attention": True, _P + "full_projections": False, _P + "global_embedding": "pool"},
+    "default": _structure(True, False, "query"),
+    "ex1_no_self_attention": _structure(False, False, "query"),
+    "ex2_full_projections": _structure(True, True, "query"),
+    "ex3_pooled_global": _structure(True, False, "pool"),
 }
 
 

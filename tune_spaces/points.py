@@ -52,8 +52,8 @@ def select_points(space: dict[str, Any], labels: list[str]) -> dict[str, Any]:
 
 
 def _pick(points: dict[str, dict[str, Any]], path: str) -> Callable:
-    def pick(spec) -> Any:
-        return points[spec.config[VARIANT_KEY]][path]
+    def pick(config: dict[str, Any]) -> Any:
+        return points[config[VARIANT_KEY]][path]
 
     return pick
 
@@ -62,7 +62,7 @@ def copy_of(path: str) -> Callable:
     """A Tune ``sample_from`` function giving the value another path of the same trial drew."""
     from ray import tune
 
-    return tune.sample_from(lambda spec: spec.config[path])
+    return tune.sample_from(lambda config: config[path])
 
 
 def sample_points(space: dict[str, Any], count: int = 0) -> list[dict[str, Any]]:

@@ -521,6 +521,8 @@ class BenchConfig:
             _check_positive(f"bench.{name}", getattr(self, name))
         if not self.latency_grids or min(self.latency_grids) < 1:
             raise ConfigError(f"bench.latency_grids must be a non-empty list of ints >= 1, got {self.latency_grids}")
+        if self.warmup < 0 or self.threads < 0:
+            raise ConfigError(f"bench.warmup and bench.threads must be >= 0, got {self.warmup}, {self.threads}")
 
 
 @dataclass

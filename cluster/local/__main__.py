@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,10 +24,10 @@ def _parser() -> argparse.ArgumentParser:
 def exports(state: dict) -> str:
     """Shell lines that point the Ray job CLI, MLflow clients and boto3 at the stack (no secret values)."""
     env = client_env(state)
-    lines = [f"export {key}={value}" for key, value in env.items()]
-    password_file = state["mlflow"].get("password_file")
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    password_file = state["mlflow"]["password_file"]
     if password_file:
-        lines.append(f'export MLFLOW_TRACKING_PASSWORD="$(cat {password_file})"')
+        lines.append(f'export MLFLOW_TRACKING_PASSWORD="$(cat {shlex.quote(password_file)})"')
     return "\n".join(lines)
 
 
@@ -34,14 +35,15 @@ def how_to(state: dict, state_dir: Path) -> str:
     """What to run next, printed after ``start`` and by ``status``."""
     head, mlflow, s3 = services(state)
     where = "" if state_dir.resolve() == default_state_dir().resolve() else f" --state-dir {state_dir}"
-    text = [
-        f"Ray dashboard  {head.dashboard_url}  (token: {head.token_path})",
-        f"MLflow UI      {mlflow.uri}" + (f"  (user admin, password: {mlflow.password_file})" if mlflow.password_file else ""),
-    ]
+    login = f"  (user admin, password in {mlflow.password_file})" if mlflow.password_file else ""
+    text = [f"Ray dashboard  {head.dashboard_url}  (token: {head.token_path})", f"MLflow UI      {mlflow.uri}{login}"]
     if s3:
         text.append(f"S3 endpoint    {s3.endpoint}  (bucket s3://vlsa, dummy credentials)")
-    text += ["", "Use it from this shell:", f"  eval \"$(python -m cluster.local env{where})\"",
-             "  ray job submit --working-dir . -- python ray_jobs/train.py", "Stop it:", f"  python -m cluster.local stop{where}"]  # fmt: skip
+    text += [
+        "", "Use it from this shell:", f"  eval \"$(python -m cluster.local env{where})\"",
+        "  ray job submit --working-dir . -- python ray_jobs/train.py",
+        "Stop it:", f"  python -m cluster.local stop{where}",
+    ]  # fmt: skip
     return "\n".join(text)
 
 

@@ -48,7 +48,8 @@ def submit_job(
         raise TimeoutError(f"job {job_id} ({entrypoint!r}) did not finish within {timeout:.0f} s")
     status = parse_final_status(done.stdout + done.stderr, job_id)
     if status is None:
-        raise RuntimeError(f"ray job submit exited with {done.returncode} without a final status:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        output = done.stdout[-3000:] + done.stderr[-3000:]
+        raise RuntimeError(f"ray job submit exited with {done.returncode} without a final status:\n{output}")
     return status, job_logs(address, job_id, client_env)
 
 

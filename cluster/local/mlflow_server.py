@@ -120,4 +120,5 @@ def stop_mlflow_server(server: MlflowServer, grace: float = 5.0) -> None:
     survivors = stop_matching([server.session_id], grace=grace)
     reap(server.proc)
     if survivors:
-        raise RuntimeError(f"MLflow server {server.uri}: processes still alive after stop: {[p.pid for p in survivors]}")
+        pids = [p.pid for p in survivors]
+        raise RuntimeError(f"MLflow server {server.uri}: processes still alive after stop: {pids}")

@@ -44,8 +44,9 @@ def spawn(argv: list[str], *, env: dict[str, str], log_path: Path, cwd: str | No
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 def http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int | None:
@@ -67,7 +68,8 @@ def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
         if http_status(url) == 200:
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args[:3]} exited with {proc.returncode} before {url} answered{_tail(log_path)}")
+            command = " ".join(proc.args[:3])
+            raise RuntimeError(f"`{command}` exited with {proc.returncode} before {url} answered{_tail(log_path)}")
         time.sleep(0.25)
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s{_tail(log_path)}")
 

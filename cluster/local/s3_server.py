@@ -80,4 +80,5 @@ def stop_s3_server(server: S3Server) -> None:
     survivors = stop_matching([server.session_id], grace=5.0)
     reap(server.proc)
     if survivors:
-        raise RuntimeError(f"S3 endpoint {server.endpoint}: processes still alive after stop: {[p.pid for p in survivors]}")
+        pids = [p.pid for p in survivors]
+        raise RuntimeError(f"S3 endpoint {server.endpoint}: processes still alive after stop: {pids}")

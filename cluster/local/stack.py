@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from cluster.local.mlflow_server import MlflowServer, mlflow_processes, start_mlflow_server, wait_mlflow_server
+from cluster.local.mlflow_server import ADMIN_USER, MlflowServer, mlflow_processes, start_mlflow_server
+from cluster.local.mlflow_server import wait_mlflow_server
 from cluster.local.processes import reap, stop_matching
 from cluster.local.ray_head import RayHead, head_markers, head_processes, start_ray_head
 from cluster.local.s3_server import S3Server, s3_processes, start_s3_server
@@ -105,5 +106,5 @@ def client_env(state: dict) -> dict[str, str]:
     head, mlflow, s3 = services(state)
     env = {**head.auth_env, "RAY_API_SERVER_ADDRESS": head.dashboard_url, "MLFLOW_TRACKING_URI": mlflow.uri}
     if mlflow.password_file:
-        env["MLFLOW_TRACKING_USERNAME"] = "admin"
+        env["MLFLOW_TRACKING_USERNAME"] = ADMIN_USER
     return {**env, **(s3.client_env() if s3 else {})}

@@ -72,7 +72,8 @@ def hand_count() -> dict[str, dict[str, int]]:
     den_fwd = 2 * B * (d_w + d_a)
     den_train = den_fwd + 2 * B * (d_w + 2 * d_a - 4 * 16 * 4 * 8 - 256 * 8) + 2 * B * d_w  # noisy latent, t: no grads
     return {
-        "forward": {"vision": vision_fwd, "projector": proj_fwd, "llm": llm_fwd, "epigone": epi_fwd, "denoiser": den_fwd},
+        "forward": {"vision": vision_fwd, "projector": proj_fwd, "llm": llm_fwd, "epigone": epi_fwd,
+                    "denoiser": den_fwd},
         "all": {"vision": vision_train, "projector": proj_train, "llm": llm_train, "epigone": 3 * epi_fwd,
                 "denoiser": den_train},
         "stage1": {"vision": vision_fwd, "projector": proj_stage1, "llm": llm_frozen, "epigone": 3 * epi_fwd,
@@ -139,3 +140,27 @@ def test_counter_matches_torch_on_the_real_tiny_model(cache_dir, variant, stage)
     count = flops.count(flops.ModelDims.from_config(cfg, len(model.tokenizer)), work, trainable)
     assert torch_count(model, batch, train=False) == count.forward
     assert torch_count(model, batch, train=True) == pytest.approx(count.total, rel=1e-4)
+
+
+def test_dimensions_from_saved_config_files_match_init(tmp_path):
+    """Parts given by `path` are counted from their config.json (no weights read)."""
+    import json
+
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    cfg = load_config("tiny", SMALL)
+    CLIPVisionConfig(**cfg.model.vision.init).save_pretrained(tmp_path / "vision")
+    llm_init = dict(cfg.model.llm.init)
+    AutoConfig.for_model(llm_init.pop("model_type"), **llm_init).save_pretrained(tmp_path / "llm")
+    (tmp_path / "sd3" / "transformer").mkdir(parents=True)
+    (tmp_path / "sd3" / "transformer" / "config.json").write_text(json.dumps(cfg.model.recon.denoiser.init))
+    from_files = load_config("tiny", SMALL + [
+        f"model.vision.path={tmp_path / 'vision'}", "model.vision.init={}",
+        f"model.llm.path={tmp_path / 'llm'}", "model.llm.init={}",
+        f"model.recon.denoiser.path={tmp_path / 'sd3'}", "model.recon.denoiser.subfolder=transformer",
+        "model.recon.denoiser.init={}",
+    ])
+    assert flops.ModelDims.from_config(from_files, vocab_size=40) == small_dims()
+    missing = load_config("tiny", SMALL + [f"model.llm.path={tmp_path / 'nowhere'}", "model.llm.init={}"])
+    with pytest.raises(ValueError, match="model.llm: cannot read its config"):
+        flops.ModelDims.from_config(missing, vocab_size=40)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 
@@ -13,7 +14,10 @@ from tests.cluster.manifests import ROOT, k8s_documents, kuberay_documents
 JOB_FILES = {"label": "ray_jobs/label.py", "train": "ray_jobs/train.py", "tune": "ray_jobs/tune.py"}
 ALL_JOB_FILES = [*JOB_FILES.values(), "ray_jobs/evaluate.py"]
 # (pod variable, key in the Secret mlflow-client)
-MLFLOW_KEYS = [("MLFLOW_TRACKING_URI", "tracking-uri"), ("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")]
+MLFLOW_KEYS = [
+    ("MLFLOW_TRACKING_URI", "tracking-uri"), ("MLFLOW_TRACKING_USERNAME", "username"),
+    ("MLFLOW_TRACKING_PASSWORD", "password"),
+]  # fmt: skip
 SECRET_WORDS = {"PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "CREDENTIALS"}
 
 
@@ -43,6 +47,26 @@ def test_the_four_job_entry_points_exist():
 
 
 @pytest.mark.parametrize("job", sorted(JOB_FILES))
+def test_job_arguments_parse_with_the_jobs_own_cli_and_name_a_valid_config(job):
+    """The entrypoint's arguments are accepted by the script's parser, and its config and overrides load."""
+    from vlsa.config import load_config
+
+    argv = shlex.split(_jobs()[f"vlsa-{job}"]["spec"]["entrypoint"])
+    module = _load_job_module(ROOT / argv[1])
+    args = module.parse_args(argv[2:])
+    cfg = load_config(args.config, args.overrides)
+    # Every job runs on the A100 group: labeling actors and training workers both take GPUs.
+    assert cfg.label.gpus_per_actor >= 1 if job == "label" else cfg.run.use_gpu
+
+
+def _load_job_module(path):
+    spec = importlib.util.spec_from_file_location(f"_job_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("job", sorted(JOB_FILES))
 def test_job_entrypoint_runs_its_script_from_the_working_dir(job):
     spec = _jobs()[f"vlsa-{job}"]["spec"]
     argv = shlex.split(spec["entrypoint"])
@@ -66,7 +90,8 @@ def test_clusters_have_token_auth_a_gpu_group_and_a_private_dashboard(doc):
     assert spec["rayVersion"] == "2.60.0"
     assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
     assert not spec["headGroupSpec"].get("enableIngress", False)
-    gpus = [g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") for g in spec["workerGroupSpecs"]]
+    limits = [g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in spec["workerGroupSpecs"]]
+    gpus = [limit.get("nvidia.com/gpu") for limit in limits]
     assert gpus == ["8"]
 
 

@@ -81,7 +81,8 @@ def test_node_setup_writes_nccl_efa_settings_and_fetches_secrets_through_the_rol
 
 def test_start_commands_turn_token_auth_on_and_keep_the_dashboard_on_loopback():
     config = _load()
-    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key] if "ray start" in c]
+    keys = ("head_start_ray_commands", "worker_start_ray_commands")
+    starts = [c for key in keys for c in config[key] if "ray start" in c]
     assert len(starts) == 2
     assert all("export RAY_AUTH_MODE=token" in c and ". ~/.vlsa/env" in c for c in starts)
     head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,13 @@ def _cli(*args: str, state_dir: Path, timeout: float = 240) -> subprocess.Comple
 
 
 def test_stack_runs_a_submitted_job_into_mlflow_and_stops_cleanly(tmp_path):
-    state_dir = Path(tempfile.mkdtemp(prefix="vs", dir="/tmp"))
+    state_dir = tmp_path / "stack"
     started = _cli("start", "--s3", state_dir=state_dir)
     state = read_state(state_dir)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         assert "MLflow UI" in started.stdout and "ray job submit" in started.stdout
-        _check_running_stack(state, state_dir, tmp_path)
+        _check_running_stack(state, state_dir, tmp_path / "job")
     finally:
         stopped = _cli("stop", state_dir=state_dir)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
@@ -51,7 +50,7 @@ def test_stack_runs_a_submitted_job_into_mlflow_and_stops_cleanly(tmp_path):
     assert _cli("status", state_dir=state_dir).returncode == 1
 
 
-def _check_running_stack(state: dict, state_dir: Path, tmp_path: Path) -> None:
+def _check_running_stack(state: dict, state_dir: Path, job_dir: Path) -> None:
     head, mlflow_server, s3 = services(state)
     password = Path(mlflow_server.password_file).read_text().strip()
     assert http_status(f"{mlflow_server.uri}/api/2.0/mlflow/experiments/search?max_results=1") == 401
@@ -59,8 +58,9 @@ def _check_running_stack(state: dict, state_dir: Path, tmp_path: Path) -> None:
     exports = _cli("env", state_dir=state_dir).stdout
     assert "RAY_AUTH_MODE=token" in exports and password not in exports
 
-    (tmp_path / "job.py").write_text(JOB)
-    status, logs = submit_job(head, "python job.py", working_dir=tmp_path)
+    job_dir.mkdir()
+    (job_dir / "job.py").write_text(JOB)
+    status, logs = submit_job(head, "python job.py", working_dir=job_dir)
     assert status == "SUCCEEDED", logs
     run_id = logs.split("RUN ")[-1].split()[0]
 

@@ -28,7 +28,8 @@ def _fake_checkpoint(run: Path, stage_index: int, stage: str, step: int, *, fina
 
 
 def test_names_sort_in_training_order():
-    names = [ckpt.checkpoint_name(1, "stage2", 3), ckpt.checkpoint_name(0, "stage1", 12), ckpt.checkpoint_name(0, "stage1", 9)]
+    names = [ckpt.checkpoint_name(1, "stage2", 3), ckpt.checkpoint_name(0, "stage1", 12),
+             ckpt.checkpoint_name(0, "stage1", 9)]
     assert sorted(names) == ["00_stage1_step00000009", "00_stage1_step00000012", "01_stage2_step00000003"]
 
 
@@ -58,7 +59,8 @@ def test_manifest_is_refused_until_every_file_is_stored(tmp_path):
     (folder / "ds").mkdir(parents=True)
     (folder / "ds/a.pt").write_bytes(b"12345")
     with pytest.raises(RuntimeError, match=r"1 files missing or of another size.*'ds/b.pt': \(3, None\)"):
-        ckpt.write_manifest(str(folder), {"ds/a.pt": 5, "ds/b.pt": 3}, {"stage_index": 0, "stage": "stage1", "step": 1, "final": False})
+        meta = {"stage_index": 0, "stage": "stage1", "step": 1, "final": False}
+        ckpt.write_manifest(str(folder), {"ds/a.pt": 5, "ds/b.pt": 3}, meta)
     assert not (folder / ckpt.MANIFEST).exists()
 
 
@@ -137,5 +139,6 @@ def test_plan_continues_from_the_newest_complete_checkpoint(tmp_path):
     end2 = _fake_checkpoint(tmp_path, 1, "stage2", 6, final=True)
     assert make_plan(cfg, run) == Plan(2, None, end2)  # nothing left to do
     renamed = vlsa.load_config("tiny", ["train.stages.1.name=finetune"])
-    with pytest.raises(ConfigError, match=r"checkpoint of stage 1 'stage2', but the config's stages are \['stage1', 'finetune'\]"):
+    expected = r"checkpoint of stage 1 'stage2', but the config's stages are \['stage1', 'finetune'\]"
+    with pytest.raises(ConfigError, match=expected):
         make_plan(renamed, run)

@@ -39,7 +39,7 @@ def reference(local_ray, train_demo, cache_dir, tracking_uri, tmp_path_factory):
 def test_two_workers_zero2_then_zero3_learn(reference, tracking_uri):
     from mlflow import MlflowClient
 
-    cfg, outcome, losses = reference
+    _, outcome, losses = reference
     found = [(c.stage_index, c.step, c.final) for c in ckpt.list_complete(outcome.run)]
     assert found == [(0, 1, False), (0, 2, False), (0, 3, True), (1, 1, False), (1, 2, False), (1, 3, True)]
     assert outcome.final_checkpoint == ckpt.list_complete(outcome.run)[-1].uri
@@ -58,10 +58,12 @@ def test_two_workers_zero2_then_zero3_learn(reference, tracking_uri):
     assert parent.info.status == "FINISHED" and parent.data.tags["final_checkpoint"] == outcome.final_checkpoint
     assert parent.data.params["train.stages.1.zero_stage"] == "3"
     run2 = stage_run(tracking_uri, outcome.mlflow_run_id, "stage2")
-    assert {"lr/llm", "lr/vision", "grad_norm", "samples_per_s", "tokens_per_s", "loss_lm_ssft"} <= set(run2.data.metrics)
+    expected = {"lr/llm", "lr/vision", "grad_norm", "samples_per_s", "tokens_per_s", "loss_lm_ssft"}
+    assert expected <= set(run2.data.metrics)
     assert run2.data.metrics["skipped_steps"] == 0 and run2.data.params["world_size"] == "2"
     for stage in ("stage1", "stage2"):
-        artifacts = client.list_artifacts(stage_run(tracking_uri, outcome.mlflow_run_id, stage).info.run_id, "reconstruction")
+        run_id = stage_run(tracking_uri, outcome.mlflow_run_id, stage).info.run_id
+        artifacts = client.list_artifacts(run_id, "reconstruction")
         assert [a.path for a in artifacts] == [f"reconstruction/{stage}_step00000003.png"]
 
 
@@ -118,7 +120,8 @@ def _nan_hooks(steps: tuple[int, ...]) -> Hooks:
     return Hooks(on_batch=on_batch)
 
 
-def test_nan_step_is_skipped_and_consecutive_nans_stop_the_run(local_ray, train_demo, cache_dir, tracking_uri, tmp_path):
+def test_nan_step_is_skipped_and_consecutive_nans_stop_the_run(local_ray, train_demo, cache_dir, tracking_uri,
+                                                               tmp_path):
     import ray.train
 
     cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "nan", tracking_uri, workers=0, steps=6,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -60,7 +59,8 @@ def _batches(seed: int, poison_second: str | None = None) -> list[dict]:
     out = []
     for i in range(2):
         x = torch.randn(2, 4, generator=g)
-        out.append({"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+        out.append({"input_ids": torch.zeros(2, 3, dtype=torch.long),
+                    "attention_mask": torch.ones(2, 3, dtype=torch.long),
                     "x": x, "y": x.sum(1, keepdim=True), "poison": poison_second if i == 1 else None})
     return out
 

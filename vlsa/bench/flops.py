@@ -8,7 +8,10 @@ and the frozen VAE (its latents are cached by the labeling job) are left out: a 
 A training step costs k x forward for each part: k = 3 for a trainable part (forward, input
 gradients, weight gradients; for the LLM this is the familiar 6N per token plus the attention term),
 k = 2 for a frozen part a gradient passes through (something before it trains), k = 1 for a part no
-gradient reaches. The vision tower's backward covers only the layers up to ``select_layer``.
+gradient reaches. Ops whose inputs need no gradient (pixels, the noisy latent, the timestep, and a
+frozen upstream part's outputs) skip their activation gradient, and the vision tower's backward covers
+only the layers up to ``select_layer``. With these rules the count equals torch's own FLOP counter on
+the real modules (``tests/bench/test_flops.py``).
 
 Every count is per step (batch B, one image per sample with m tiles) and comes with its formula, so a
 printed report can be checked by hand.
@@ -126,11 +129,13 @@ def _config_dict(part: ComponentConfig, name: str) -> dict:
         return dict(part.init)
     if not part.path:
         raise ValueError(f"{name}: neither `init` nor `path` is set")
-    uri = storage.join(part.path, part.subfolder, "config.json") if part.subfolder else storage.join(part.path, "config.json")
+    folder = storage.join(part.path, part.subfolder) if part.subfolder else part.path
+    uri = storage.join(folder, "config.json")
     try:
         return json.loads(storage.read_bytes(uri))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{name}: cannot read its config at {uri!r} ({err}); FLOP counting needs a local or s3:// copy") from None
+        raise ValueError(f"{name}: cannot read its config at {uri!r} ({err}); "
+                         "FLOP counting needs a local or s3:// copy") from None
 
 
 def _vision_dims(cfg: Config) -> VisionDims:
@@ -174,7 +179,8 @@ def _denoiser_dims(cfg: Config) -> DenoiserDims:
     recon = cfg.model.recon
     d = _diffusers_config(recon.denoiser, SD3Transformer2DModel, "model.recon.denoiser")
     if d.get("dual_attention_layers"):
-        raise ValueError(f"model.recon.denoiser: FLOP counting covers SD3 (no dual attention), got {d['dual_attention_layers']}")
+        raise ValueError("model.recon.denoiser: FLOP counting covers SD3 (no dual attention), "
+                         f"got dual_attention_layers={d['dual_attention_layers']}")
     vae = _diffusers_config(recon.vae, AutoencoderKL, "model.recon.vae")
     down = 2 ** (len(vae["block_out_channels"]) - 1)
     return DenoiserDims(d["num_attention_heads"] * d["attention_head_dim"], d["num_layers"], d["patch_size"],
@@ -412,8 +418,8 @@ class FlopCount:
 
     def formula(self) -> str:
         """The counting rule and every part's formula with its values, as printed by the benchmarks."""
-        lines = ["FLOPs = sum over parts of k x forward (2 FLOPs per multiply-add; matmuls and attention products only;",
-                 "        k = 3 trainable, 2 frozen with gradient passing through, 1 no gradient)"]
+        lines = ["FLOPs = sum over parts of k x forward (2 FLOPs per multiply-add; matmuls and attention products",
+                 "        only; k = 3 trainable, 2 frozen with gradient passing through, 1 no gradient)"]
         for p in self.parts:
             vals = " ".join(f"{k}={v}" for k, v in p.values.items())
             lines.append(f"  {p.name:<26} k={p.k}  fwd {p.forward / 1e9:12.4f} GFLOP  step {p.step / 1e9:12.4f} GFLOP")

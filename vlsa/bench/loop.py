@@ -8,6 +8,7 @@ same matmul work as DeepSpeed's bf16 mode, without its fp32 master copy (memory,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,14 +28,31 @@ class TrainStep:
 
     def __call__(self) -> float:
         """One step; returns the loss."""
-        out = self.model(**self.batch)
-        out.loss.backward()
+        loss = self.model(**self.batch).loss
+        loss.backward()
+        self.update()
+        return float(loss.detach())
+
+    def update(self) -> None:
+        """Clip the gradients, take the optimizer step, clear the gradients."""
         if self.grad_clip > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+
+    def phases(self, now: Callable[[], float], sync: Callable[[], None]) -> dict[str, float]:
+        """One step timed by phase: forward, backward, optimizer (clip + step), each ended by ``sync``."""
+        start = now()
+        loss = self.model(**self.batch).loss
+        sync()
+        forward = now()
+        loss.backward()
+        sync()
+        backward = now()
+        self.update()
+        sync()
+        return {"forward": forward - start, "backward": backward - forward, "optimizer": now() - backward}
 
 
 def build_model_on(cfg: Config, device: torch.device, dtype: torch.dtype):

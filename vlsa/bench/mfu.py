@@ -5,12 +5,12 @@ peak. On CUDA the peak is the data-sheet bf16 peak of the device (A100, H100, H2
 ceiling is measured on the spot too and MFU is also given against it. On a CPU there is no data
 sheet to trust, so the ceiling measured now is the peak; times there are process CPU seconds.
 
-One more step runs with forward hooks on the parts to show which part dominates.
+One more step is timed by phase (each part's forward through hooks, backward, optimizer) to show
+what dominates.
 """
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 import torch
@@ -60,17 +60,16 @@ def forward_timer(parts: dict[str, torch.nn.Module], device: torch.device, secon
 
 
 def profile_step(step: TrainStep, device: torch.device) -> dict[str, float]:
-    """Share of one step's time in each part's forward; the rest is backward and optimizer."""
+    """Share of one step's time per phase: each part's forward, the rest of the forward (splicing,
+    loss), the backward pass, and the optimizer (clip + AdamW)."""
     seconds: dict[str, float] = {}
-    now = clock(device)
     with forward_timer(part_modules(step.model), device, seconds):
-        synchronize(device)
-        start = now()
-        step()
-        synchronize(device)
-        total = now() - start
+        phases = step.phases(clock(device), lambda: synchronize(device))
+    total = sum(phases.values())
     shares = {f"{name} forward": s / total for name, s in seconds.items()}
-    shares["backward + optimizer + rest"] = 1.0 - sum(shares.values())
+    shares["rest of forward"] = phases["forward"] / total - sum(shares.values())
+    shares["backward"] = phases["backward"] / total
+    shares["optimizer"] = phases["optimizer"] / total
     return shares
 
 
@@ -90,7 +89,7 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     vlsa = variants.vlsa_config(cfg)
     step = build_train_step(vlsa, variants.bench_stage(vlsa), variants.workload(vlsa), device, dtype)
     times = interleave({"vlsa": step}, cfg.bench.warmup, cfg.bench.repeats, device)["vlsa"]
-    seconds = summary(times.cpu if clock(device) is time.process_time else times.wall)
+    seconds = summary(times.cpu if device.type == "cpu" else times.wall)
     count = step_counts(cfg, vocab_size=len(step.model.tokenizer))["vlsa"]
     peak = peaks(device, dtype)
     achieved = count.total / seconds["median_s"]
@@ -109,5 +108,6 @@ def _lines(m: dict, count) -> list[str]:
              f"measured matmul ceiling {m['ceiling_flops'] / 1e12:.3f} TFLOP/s",
              f"MFU {m['mfu']:.1%}   (vs measured ceiling {m['mfu_vs_ceiling']:.1%})", ""]
     lines += table(["part", "share of step FLOPs"], [[k, f"{v:.1%}"] for k, v in m["flop_share"].items()])
-    lines += [""] + table(["profiled step", "share of step time"], [[k, f"{v:.1%}"] for k, v in m["time_share"].items()])
+    shares = [[k, f"{v:.1%}"] for k, v in m["time_share"].items()]
+    lines += [""] + table(["profiled step", "share of step time"], shares)
     return lines + ["", count.formula()]

@@ -117,7 +117,8 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     }
     settings = {"preset": cfg.preset, "batch": cfg.bench.batch, "tiles": cfg.bench.tiles, "threads": threads,
                 "warmup": cfg.bench.warmup, "repeats": cfg.bench.repeats, "workers": 1, "device": "cpu"}
-    lines = [f"step through Ray Train / plain: {metrics['ratio']:.3f} (wall clock; CPU-time {metrics['cpu_ratio']:.3f})",
+    lines = [f"step through Ray Train / plain: {metrics['ratio']:.3f} "
+             f"(wall clock; CPU-time {metrics['cpu_ratio']:.3f})",
              f"plain step {fmt_seconds(metrics['plain_step_s'])}, Ray Train step {fmt_seconds(metrics['ray_step_s'])}; "
              f"plain run 2 / run 1 {metrics['plain_drift']:.3f}",
              f"one ray.train.report call (metrics only): {fmt_seconds(metrics['report_s'])}",

@@ -46,7 +46,8 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     steps = {}
     for name, make in VARIANTS:
         variant = make(cfg)
-        steps[name] = build_train_step(variant, variants.bench_stage(variant), variants.workload(variant), device, dtype)
+        stage, work = variants.bench_stage(variant), variants.workload(variant)
+        steps[name] = build_train_step(variant, stage, work, device, dtype)
     times = interleave(steps, cfg.bench.warmup, cfg.bench.repeats, device)
     counts = step_counts(cfg, vocab_size=len(steps["vlsa"].model.tokenizer))
     wall = paired_ratios(times["vlsa"].wall, times["anyres"].wall)

@@ -88,7 +88,9 @@ def write_manifest(uri: str, expected: dict[str, int], meta: dict[str, Any]) -> 
     wrong = {p: (size, stored.get(p)) for p, size in expected.items() if stored.get(p) != size}
     if wrong:
         sample = dict(list(wrong.items())[:5])
-        raise RuntimeError(f"checkpoint {uri}: {len(wrong)} files missing or of another size (expected, stored): {sample}")
+        raise RuntimeError(
+            f"checkpoint {uri}: {len(wrong)} files missing or of another size (expected, stored): {sample}"
+        )
     manifest = {"format": FORMAT_VERSION, **meta, "files": dict(sorted(expected.items())), "created": time.time()}
     storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
@@ -170,7 +172,9 @@ def load_weights(uri: str) -> dict[str, Any]:
 
     path = storage.join(uri, WEIGHTS)
     if not storage.exists(path):
-        raise FileNotFoundError(f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights")
+        raise FileNotFoundError(
+            f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights"
+        )
     return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
 
 

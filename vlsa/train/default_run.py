@@ -61,8 +61,10 @@ def evaluate(cfg: Config, checkpoint: str, paths) -> dict:
     model.load_state_dict(load_weights(checkpoint), strict=True)
     answerer = Answerer(model, template=cfg.eval.template, max_new_tokens=cfg.eval.max_new_tokens, model_id="vlsa-tiny")
     questions = read_questions(paths.eval)
-    rows = answer_questions(answerer, questions, paths.image_root, batch_size=cfg.eval.batch_size, decode=cfg.label.decode)
-    truth = [{"question_id": q["question_id"], "answer": q["answer"], "question_type": q["category"]} for q in questions]
+    rows = answer_questions(answerer, questions, paths.image_root, batch_size=cfg.eval.batch_size,
+                            decode=cfg.label.decode)
+    truth = [{"question_id": q["question_id"], "answer": q["answer"], "question_type": q["category"]}
+             for q in questions]
     policy = blind_baseline(cfg.train.stages[-1].data.train, paths.eval)["policy"]
     blind = [{"question_id": q["question_id"], "text": policy.get(q["category"], "")} for q in questions]
     return {"model": score("demo", rows, truth), "blind": score("demo", blind, truth), "answers": rows}

@@ -11,6 +11,7 @@ RNG and data position restored. Rank 0 logs to the stage's MLflow run.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -22,7 +23,7 @@ import torch
 from vlsa.config import Config, ConfigError, config_from_dict
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
-from vlsa.train.step import StepResult, SkipGuard, to_device, train_step
+from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
 
 logger = logging.getLogger(__name__)
 GRID_IMAGES = 4
@@ -181,7 +182,7 @@ def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, to
     groups = apply_stage(model, stage)
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model)
-    model.to(worker.device)
+    model.to(worker.device).train()  # from_pretrained parts come in eval mode
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups],
                                   weight_decay=stage.weight_decay)
     scheduler = build_scheduler(optimizer, total_steps, stage.warmup_ratio)
@@ -206,18 +207,14 @@ def visual_token_counter(model) -> Callable[[dict], int]:
 def step_metrics(result: StepResult, lrs: dict[str, float], progress: train_state.Progress, seconds: float,
                  epoch: float) -> dict[str, float]:
     """The MLflow metrics of one optimizer step."""
-    metrics = {k: v for k, v in result.losses.items() if _finite(v)}
+    metrics = {k: v for k, v in result.losses.items() if math.isfinite(v)}
     metrics |= {f"lr/{name}": lr for name, lr in lrs.items()}
-    if _finite(result.grad_norm):
+    if math.isfinite(result.grad_norm):
         metrics["grad_norm"] = result.grad_norm
     metrics |= {"skipped_steps": float(progress.skips.total), "step_skipped": float(not result.applied),
                 "samples_per_s": result.samples / seconds, "tokens_per_s": result.tokens / seconds,
                 "epoch": epoch}
     return metrics
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
 
 
 class StageRun:
@@ -237,7 +234,8 @@ class StageRun:
                                      world_size=worker.world_size)
         self.engine, self.model, self.optimizer, self.group_names = build_engine(
             cfg, stage_index, plan.weights, worker, self.data.total_steps)
-        self.progress = train_state.Progress(0, SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} "))
+        guard = SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} ")
+        self.progress = train_state.Progress(0, guard)
         resume = plan.resume if plan.start == stage_index else None
         if resume is not None:
             self._restore(resume)
@@ -335,13 +333,16 @@ class StageRun:
 
         batch = to_device(self._grid_batch(), self.worker.device)
         generator = torch.Generator(device=self.worker.device).manual_seed(self.cfg.train.seed)
+        self.model.eval()
         with torch.no_grad():
-            outputs = self.model.reconstruct(batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"], generator=generator)
+            outputs = self.model.reconstruct(batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"],
+                                             generator=generator)
             inputs = batch.get("recon_pixels")
             if inputs is None:
                 from vlsa.model.reconstruction import decode_latent
 
                 inputs = decode_latent(self.model.recon_head.vae, batch["recon_latent"])
+        self.model.train()
         if self.tracker is not None:
             grid = reconstruction_grid(inputs[:GRID_IMAGES].cpu(), outputs[:GRID_IMAGES].cpu())
             self.tracker.log_image(grid, f"reconstruction/{self.stage.name}_step{self.progress.step:08d}.png")

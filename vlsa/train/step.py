@@ -95,7 +95,9 @@ def train_step(engine, micro_batches: Sequence[dict[str, Any]], *,
     """
     expected = engine.gradient_accumulation_steps()
     if len(micro_batches) != expected:
-        raise ValueError(f"a step needs {expected} micro-batches (gradient_accumulation_steps), got {len(micro_batches)}")
+        raise ValueError(
+            f"a step needs {expected} micro-batches (gradient_accumulation_steps), got {len(micro_batches)}"
+        )
     sums = torch.zeros(len(LOSS_KEYS), 2, dtype=torch.float64)  # (loss part, [sum, count])
     samples = tokens = 0
     for batch in micro_batches:

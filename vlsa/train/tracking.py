@@ -67,7 +67,8 @@ def experiment_id(mlflow_client, name: str) -> str:
 
 def _find_run(mlflow_client, exp_id: str, tags: dict[str, str]) -> str | None:
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = mlflow_client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+    runs = mlflow_client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"],
+                                     max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -83,7 +84,8 @@ def open_parent_run(uri: str, experiment: str, run_name: str, run_key: str, para
     exp_id = experiment_id(mlflow_client, experiment)
     run_id = _find_run(mlflow_client, exp_id, {RUN_TAG: run_key, "vlsa.kind": "job"})
     if run_id is None:
-        run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags={RUN_TAG: run_key, "vlsa.kind": "job"}).info.run_id
+        tags = {RUN_TAG: run_key, "vlsa.kind": "job"}
+        run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         known: dict[str, str] = {}
     else:
         mlflow_client.update_run(run_id, status="RUNNING")
@@ -111,7 +113,8 @@ class StageTracker:
         exp_id = parent.info.experiment_id
         tags = {PARENT_TAG: parent_run_id, STAGE_TAG: stage}
         # A resumed stage keeps logging to the run it started.
-        self.run_id = _find_run(self.client, exp_id, tags) or self.client.create_run(exp_id, run_name=stage, tags=tags).info.run_id
+        found = _find_run(self.client, exp_id, tags)
+        self.run_id = found or self.client.create_run(exp_id, run_name=stage, tags=tags).info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Metrics of one optimizer step (``step``: 1-based within the stage)."""
@@ -145,7 +148,8 @@ def reconstruction_grid(inputs, outputs, min_side: int = 64):
     from PIL import Image
 
     if inputs.shape != outputs.shape or inputs.dim() != 4:
-        raise ValueError(f"grid needs inputs and outputs of one (N, 3, S, S) shape, got {tuple(inputs.shape)} and {tuple(outputs.shape)}")
+        raise ValueError(f"grid needs inputs and outputs of one (N, 3, S, S) shape, "
+                         f"got {tuple(inputs.shape)} and {tuple(outputs.shape)}")
     n, _, side, _ = inputs.shape
     scale = max(1, -(-min_side // side))
     gap = 2

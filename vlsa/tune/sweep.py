@@ -32,6 +32,10 @@ class SweepOutcome:
     """Tune's ``ResultGrid``."""
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped (e.g. Ctrl+C) before every trial ended; its state is saved for a restore."""
+
+
 def sweep_path(cfg: Config, name: str) -> str:
     """Folder of sweep ``name`` (local paths made absolute: trials run in other folders)."""
     root = cfg.run.storage_path
@@ -40,23 +44,23 @@ def sweep_path(cfg: Config, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
-def with_demo_data(cfg: Config, folder: str) -> tuple[Config, str]:
-    """``cfg`` with stages that name no data pointed at the generated demo set (made once under ``folder``).
-
-    Returns the config and the demo folder ("" when every stage names its data).
-    """
+def with_demo_data(cfg: Config, folder: str) -> Config:
+    """``cfg`` with stages that name no data pointed at the generated demo set (made once under ``folder``),
+    and, when it names no held-out questions, the demo's held-out split as ``eval.data``."""
     from vlsa.config import config_from_dict
     from vlsa.data.demo import generate_demo
 
     if all(s.data.train for s in cfg.train.stages):
-        return cfg, ""
+        return cfg
     demo = generate_demo(cfg.demo, folder, seed=cfg.train.seed)
     data = cfg.to_dict()
     for i, stage in enumerate(data["train"]["stages"]):
         if not stage["data"]["train"]:  # captions for the first stage, conversations after it
             stage["data"]["train"] = demo.pretrain if i == 0 else demo.instruct
             stage["data"]["image_root"] = demo.image_root
-    return config_from_dict(data), demo.root
+    if not data["eval"]["data"]:
+        data["eval"]["data"], data["eval"]["image_root"] = demo.eval, demo.image_root
+    return config_from_dict(data)
 
 
 def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
@@ -89,8 +93,7 @@ def trainable(cfg: Config, sweep: dict[str, str]):
     return tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=sweep), {"cpu": DRIVER_CPUS})
 
 
-def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, callbacks: Sequence = (),
-                demo: str = ""):
+def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, callbacks: Sequence = ()):
     """A new Tuner, or the restored one when the sweep's folder holds a sweep Tune can restore.
 
     A held-out metric exists only in a trial's last result, so Tune is not told the metric then
@@ -105,7 +108,7 @@ def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, call
 
     path = sweep_path(cfg, name)
     uri = tracking_uri(cfg.run.mlflow.tracking_uri)
-    info = {"name": name, "trials": f"{path}/trials", "tracking_uri": uri, "run_id": run_id, "demo": demo}
+    info = {"name": name, "trials": f"{path}/trials", "tracking_uri": uri, "run_id": run_id}
     fn = trainable(cfg, info)
     filesystem, _ = storage.pyarrow_filesystem(path)
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
@@ -136,18 +139,22 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
 
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     path = sweep_path(cfg, name)
-    cfg, demo = (cfg, "") if storage.is_s3(path) else with_demo_data(cfg, f"{path}/demo")
-    if cfg.tune.final_metric() and not demo:
-        raise ConfigError(f"tune.metric={cfg.tune.metric!r} scores the generated demo held-out split, which a "
-                          f"sweep stored at {path} with data named by every stage does not use")
+    if not storage.is_s3(path):
+        cfg = with_demo_data(cfg, f"{path}/demo")
+    if cfg.tune.final_metric() and not cfg.eval.data:
+        raise ConfigError(f"tune.metric={cfg.tune.metric!r} scores held-out questions, but eval.data is empty "
+                          f"(set it to a question file with answers and categories, as the demo's eval.jsonl)")
     check_space(cfg, space)
     params = {"sweep.keys": ",".join(sorted(space)), **tracking.config_params(cfg.to_dict())}
     run_id = open_sweep_run(uri, cfg.run.mlflow.experiment, path, name, params)
     if command:
         tracking.client(uri).set_tag(run_id, "vlsa.command", command)
     try:
-        results = build_tuner(cfg, space, name, run_id, callbacks, demo).fit()
+        results = build_tuner(cfg, space, name, run_id, callbacks).fit()
         outcome = summarize(results, cfg, path, run_id)
+    except SweepInterrupted:
+        tracking.client(uri).set_terminated(run_id, status="KILLED")
+        raise
     except BaseException:
         tracking.close_run(uri, run_id, ok=False)
         raise
@@ -157,12 +164,29 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
 
 
 def summarize(results, cfg: Config, path: str, run_id: str) -> SweepOutcome:
-    """The best trial of a finished sweep (errors of failed trials are raised)."""
+    """The best trial of a finished sweep; raises when it was interrupted or every trial failed."""
+    unfinished = unfinished_trials(path)
+    if unfinished:
+        raise SweepInterrupted(f"sweep {path} was interrupted with {unfinished} of {len(results)} trials unfinished; "
+                               f"run the same sweep again to continue it (finished trials are kept)")
     errors = [r.error for r in results if r.error is not None]
     if errors and len(errors) == len(results):
         raise RuntimeError(f"every trial of sweep {path} failed; first error: {errors[0]!r}")
     best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode, scope="last")
     return SweepOutcome(path, run_id, dict(best.config), dict(best.metrics), results)
+
+
+def unfinished_trials(path: str) -> int:
+    """Trials the saved state of sweep ``path`` would continue on a restore.
+
+    After an interrupt Tune stops the running trials and reports them as terminated; only the state
+    it saved before stopping them tells that they did not finish.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    filesystem, fs_path = storage.pyarrow_filesystem(path)
+    saved = ExperimentAnalysis(fs_path, storage_filesystem=filesystem)
+    return sum(trial.status not in ("TERMINATED", "ERROR") for trial in saved.trials)
 
 
 def log_best(uri: str, outcome: SweepOutcome) -> None:

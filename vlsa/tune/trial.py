@@ -2,12 +2,14 @@
 
 This is the pattern Ray recommends for Tune with Train V2: the trial's function builds the
 ``TorchTrainer`` and calls ``fit()``; a Train callback forwards the workers' reports to Tune. The
-workers run the normal training loop with a hook that reports each step's losses. When the sweep's
-metric is a held-out one, the trial's function scores the final checkpoint after ``fit()``.
+workers run the normal training loop with a hook that reports each step's losses; when the sweep's
+metric is a held-out one, rank 0 then scores the final checkpoint there (the trial's own process
+holds a single CPU).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vlsa.config import Config, ConfigError, apply_override, config_from_dict
@@ -40,10 +42,17 @@ def report_step(info) -> None:
 
 
 def train_fn(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function of a trial: the normal loop plus per-step reports."""
+    """Ray Train's per-worker function of a trial: the normal loop plus per-step reports, then, when
+    the sweep's metric is a held-out one, a last report with rank 0's score of the final checkpoint."""
+    import ray.train
+
     from vlsa.train.loop import Hooks, train_worker
 
     train_worker(config, Hooks(after_step=report_step))
+    cfg = config_from_dict(config["cfg"])
+    if cfg.tune.final_metric():
+        rank = ray.train.get_context().get_world_rank()
+        ray.train.report(held_out_metrics(cfg, config["job"]["run"]) if rank == 0 else {})
 
 
 def forward_callback():
@@ -66,16 +75,21 @@ def forward_callback():
     return CarryForward()
 
 
-def held_out_metrics(cfg: Config, run: str, demo_dir: str) -> dict[str, float]:
-    """Held-out accuracy of the run's final checkpoint on the demo split (and the image-blind baseline)."""
-    from vlsa.data.demo import generate_demo
+def held_out_metrics(cfg: Config, run: str) -> dict[str, float]:
+    """Accuracy of the run's final checkpoint on ``eval.data`` (and of the best image-blind policy).
+
+    The questions carry their answers and categories, as the demo's held-out split does.
+    """
+    from vlsa.data.demo import DemoPaths
     from vlsa.train import checkpoint as ckpt
     from vlsa.train.default_run import evaluate
 
     final = ckpt.latest_complete(run)
     if final is None or not final.final or final.stage_index != len(cfg.train.stages) - 1:
         raise RuntimeError(f"run {run} has no checkpoint ending its last stage to evaluate (newest: {final})")
-    paths = generate_demo(cfg.demo, demo_dir, seed=cfg.train.seed)  # the sweep made it: reused as is
+    stages = cfg.train.stages
+    paths = DemoPaths(str(Path(cfg.eval.data).parent), cfg.eval.image_root, stages[0].data.train,
+                      stages[-1].data.train, cfg.eval.data)
     result = evaluate(cfg, final.uri, paths)
     metrics = {"eval_accuracy": result["model"]["accuracy"], "eval_blind_accuracy": result["blind"]["accuracy"]}
     return metrics | {f"eval_accuracy/{kind}": acc for kind, acc in result["model"]["per_type"].items()}
@@ -99,5 +113,3 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, s
     trainer = build_trainer(cfg, JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id), train_fn)
     trainer.run_config.callbacks.append(forward_callback())
     trainer.fit()
-    if cfg.tune.final_metric():
-        ray.tune.report(held_out_metrics(cfg, run, sweep["demo"]))
