@@ -1,4 +1,8 @@
-"""w_rec : w_lm ratios of Tab. 13 (ex18-ex20 and the default 1:1), applied to every stage."""
+"""w_rec : w_lm ratios of Tab. 13 (ex18-ex20 and the default 1:1), applied to every stage.
+
+The weighted ``loss`` is not comparable across ratios: sweep these on ``tune.metric=loss_lm`` or
+``eval_accuracy`` (mode max), as the paper compares them on benchmark scores.
+"""
 
 from __future__ import annotations
 

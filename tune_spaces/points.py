@@ -66,11 +66,22 @@ def copy_of(path: str) -> Callable:
 
 
 def sample_points(space: dict[str, Any], count: int = 0) -> list[dict[str, Any]]:
-    """Resolved points of ``space`` (every grid point; ``count`` random draws per grid point, default 1)."""
+    """Resolved points of ``space`` (every grid point; ``count`` random draws per grid point, default 1).
+
+    Resolved as a ``Tuner`` resolves its ``param_space``: domains and grids first, then the
+    ``sample_from`` functions, each given the trial's config.
+    """
+    import copy
+
+    from ray.tune.impl.placeholder import create_resolvers_map, inject_placeholders, resolve_placeholders
     from ray.tune.search.variant_generator import generate_variants
 
     points = []
     for _ in range(max(1, count)):
-        for _, spec in generate_variants({"config": space}):
-            points.append(dict(spec["config"]))
+        resolvers = create_resolvers_map()
+        template = inject_placeholders(copy.deepcopy(space), resolvers)
+        for _, spec in generate_variants({"config": template}):
+            config = dict(spec["config"])
+            resolve_placeholders(config, resolvers)
+            points.append(config)
     return points

@@ -503,3 +503,10 @@ def test_registry_lists_every_benchmark_and_takes_a_new_one(tmp_path):
 def test_flatten_metrics_for_mlflow():
     nested = {"accuracy": 0.5, "n": 4, "per_type": {"color": 1.0}, "subtasks": {"ocr": {"acc": 0.25}}, "note": "x"}
     assert flatten_metrics(nested) == {"accuracy": 0.5, "n": 4.0, "per_type/color": 1.0, "subtasks/ocr/acc": 0.25}
+
+
+def test_demo_groups_by_the_llava_category_field(tmp_path):
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"question_id": "q1", "text": "Red."}, {"question_id": "q2", "text": "two"}])
+    gt = write_jsonl(tmp_path / "g.jsonl", [{"question_id": "q1", "answer": "red", "category": "color"},
+                                            {"question_id": "q2", "answer": "3", "category": "count"}])
+    assert score("demo", preds, gt)["per_type"] == {"color": 1.0, "count": 0.0}

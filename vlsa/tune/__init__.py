@@ -1,4 +1,6 @@
 """Hyper-parameter sweeps (Ray Tune over full Ray Train runs) and ablation tables.
 
-Nothing here imports Ray at module import time; ``vlsa.tune.sweep`` builds the Tune objects.
+``vlsa.tune.sweep`` runs a sweep, ``vlsa.tune.trial`` is one trial, ``python -m vlsa.tune.ablate``
+tabulates a named grid. Only ``vlsa.tune.callback`` (loaded by the sweep) imports Ray at module
+level; the rest import it inside functions, so importing them never starts or needs Ray.
 """

@@ -19,7 +19,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vlsa.config import Config, load_config
 
@@ -36,20 +36,6 @@ class Table:
     rows: list[list[Any]]
 
 
-def last_values(result) -> dict[str, float]:
-    """The newest finite value of every numeric metric a trial reported (a held-out metric comes
-    last, after the training losses)."""
-    frame = result.metrics_dataframe
-    values: dict[str, float] = {}
-    if frame is None:
-        return values
-    for column in frame.columns:
-        series = frame[column].dropna()
-        if len(series) and isinstance(series.iloc[-1], (int, float)) and not isinstance(series.iloc[-1], bool):
-            values[column] = float(series.iloc[-1])
-    return values
-
-
 def metric_columns(metric: str, found: set[str]) -> list[str]:
     """The sweep's metric first, then the losses and held-out metrics that some variant reported."""
     from vlsa.train.step import LOSS_KEYS
@@ -61,12 +47,14 @@ def metric_columns(metric: str, found: set[str]) -> list[str]:
 def ablation_table(results, labels: list[str], metric: str) -> Table:
     """One row per variant in ``labels`` order: its status and the last value of each metric."""
     from tune_spaces.points import VARIANT_KEY
+    from vlsa.tune.tracking import numeric_metrics
 
     by_label = {r.config[VARIANT_KEY]: r for r in results}
     missing = [label for label in labels if label not in by_label]
     if missing:
         raise RuntimeError(f"the sweep has no trial for variant(s) {missing}; it ran {sorted(by_label)}")
-    values = {label: last_values(by_label[label]) for label in labels}
+    # A trial's reports carry every metric forward, so its last result holds the newest of each.
+    values = {label: numeric_metrics(by_label[label].metrics or {}) for label in labels}
     columns = metric_columns(metric, set().union(*values.values()))
     rows = [[label, "ERROR" if by_label[label].error else "OK", *(values[label].get(c) for c in columns)]
             for label in labels]
@@ -96,7 +84,7 @@ def to_csv(table: Table) -> str:
     return out.getvalue()
 
 
-def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: list[str] = (), name: str = "",
+def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: Sequence[str] = (), name: str = "",
                  command: str = "") -> dict[str, Any]:
     """Run grid ``grid`` over ``cfg`` on the current Ray cluster; write and log its table."""
     from tune_spaces import GRIDS, build_space
@@ -106,7 +94,8 @@ def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: list[str] = (), 
     labels = list(only) or list(GRIDS[grid](cfg))
     outcome = run_sweep(cfg, build_space(grid, cfg, only), name or f"{cfg.run.name}-{grid}", command=command)
     table = ablation_table(outcome.results, labels, cfg.tune.metric)
-    texts = {f"{grid}.md": to_markdown(table, f"Ablation {grid} ({cfg.preset})", command), f"{grid}.csv": to_csv(table)}
+    texts = {f"{grid}.md": to_markdown(table, f"Ablation {grid} ({cfg.preset})", command),
+             f"{grid}.csv": to_csv(table)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     mlflow_client = tracking.client(tracking.tracking_uri(cfg.run.mlflow.tracking_uri))
     for file_name, text in texts.items():
@@ -148,4 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failed"] else 0)
+    from vlsa.tune.sweep import SweepInterrupted
+
+    try:
+        sys.exit(1 if main()["failed"] else 0)
+    except SweepInterrupted as err:  # Ctrl+C: the state is saved, say how to continue
+        sys.exit(f"interrupted: {err}")

@@ -73,14 +73,17 @@ def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
 
 
 def scheduler(cfg: Config):
-    """ASHA early stopping over Tune results, or None (every trial runs to its end)."""
+    """ASHA early stopping over the trials' reports, or None (every trial runs to its end).
+
+    Its time unit is Tune's result count (one per optimizer step, one per checkpoint). Trials end by
+    themselves, so the rungs go on without a last one that would stop every trial.
+    """
     if cfg.tune.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    steps = sum(s.max_steps for s in cfg.train.stages) if all(s.max_steps for s in cfg.train.stages) else 100_000
-    return ASHAScheduler(time_attr="training_iteration", max_t=max(steps, cfg.tune.grace_period),
-                         grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
+    return ASHAScheduler(time_attr="training_iteration", max_t=2**31, grace_period=cfg.tune.grace_period,
+                         reduction_factor=cfg.tune.reduction_factor)
 
 
 def trainable(cfg: Config, sweep: dict[str, str]):
@@ -93,18 +96,32 @@ def trainable(cfg: Config, sweep: dict[str, str]):
     return tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=sweep), {"cpu": DRIVER_CPUS})
 
 
-def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, callbacks: Sequence = ()):
-    """A new Tuner, or the restored one when the sweep's folder holds a sweep Tune can restore.
+def tune_config(cfg: Config):
+    """Tune's settings: metric, samples, scheduler and the concurrency the cluster fits.
 
     A held-out metric exists only in a trial's last result, so Tune is not told the metric then
-    (it would insist on it in every result); the best trial is picked from the last results.
+    (it would insist on it in every result); the best trial is picked from the last results. A
+    finished trial's process starts the next one (its imports done) unless a scheduler may stop
+    trials: only ending the process of a stopped trial ends the training run it launched.
     """
     import ray
     from ray import tune
 
+    from vlsa.tune.resources import max_concurrent
+
+    metric = None if cfg.tune.final_metric() else cfg.tune.metric
+    return tune.TuneConfig(metric=metric, mode=cfg.tune.mode if metric else None, num_samples=cfg.tune.num_samples,
+                           scheduler=scheduler(cfg), max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
+                           reuse_actors=cfg.tune.scheduler == "fifo")
+
+
+def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, callbacks: Sequence = ()):
+    """A new Tuner, or the restored one when the sweep's folder holds a sweep Tune can restore (which
+    keeps the settings and callbacks it started with, and runs the trials with the new base config)."""
+    from ray import tune
+
     from vlsa.train.tracking import tracking_uri
     from vlsa.tune.callback import MLflowTrials
-    from vlsa.tune.resources import max_concurrent
 
     path = sweep_path(cfg, name)
     uri = tracking_uri(cfg.run.mlflow.tracking_uri)
@@ -116,12 +133,7 @@ def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, call
     root, _ = path.rsplit("/", 1)
     fs, root_path = storage.pyarrow_filesystem(root)
     return tune.Tuner(
-        fn, param_space=space,
-        tune_config=tune.TuneConfig(metric=None if cfg.tune.final_metric() else cfg.tune.metric,
-                                    mode=None if cfg.tune.final_metric() else cfg.tune.mode,
-                                    num_samples=cfg.tune.num_samples,
-                                    scheduler=scheduler(cfg),
-                                    max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources())),
+        fn, param_space=space, tune_config=tune_config(cfg),
         run_config=tune.RunConfig(name=name, storage_path=root_path, storage_filesystem=fs,
                                   failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
                                   callbacks=[MLflowTrials(uri, run_id), *callbacks]),
@@ -132,7 +144,9 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
               callbacks: Sequence = ()) -> SweepOutcome:
     """Run (or continue) sweep ``name`` of ``space`` over base config ``cfg`` on the current Ray cluster.
 
-    Trials that fail leave the sweep's MLflow run FAILED; running the sweep again reruns only them.
+    Trials that fail leave the sweep's MLflow run FAILED, an interrupt (Ctrl+C) leaves it KILLED and
+    raises :class:`SweepInterrupted`; running the sweep again reruns only the trials that did not
+    finish. ``callbacks``: extra Tune callbacks (a restored sweep keeps those it started with).
     """
     from vlsa.train import tracking
     from vlsa.tune.tracking import open_sweep_run

@@ -2,8 +2,8 @@
 
 Answer and ground truth are lowercased, punctuation becomes spaces (a decimal point between digits
 stays), the articles a/an/the are dropped and whitespace is collapsed; they must then be equal.
-Ground truth: JSON lines of ``{question_id, answer[, question_type]}``. Accuracy is given overall
-and per ``question_type``.
+Ground truth: JSON lines of ``{question_id, answer[, question_type | category]}`` (the demo's
+held-out file uses the LLaVA question format's ``category``). Accuracy is given overall and per type.
 """
 
 from __future__ import annotations
@@ -45,14 +45,18 @@ def _questions(gt: list[dict]) -> dict[str, dict]:
     return questions
 
 
-@register("demo", read=read_jsonl, gt_format="JSONL {question_id, answer[, question_type]}")
+def _question_type(row: dict) -> str:
+    return str(row.get("question_type") or row.get("category") or "all")
+
+
+@register("demo", read=read_jsonl, gt_format="JSONL {question_id, answer[, question_type | category]}")
 def score_demo(answers: list[dict], gt: list[dict], *, partial: bool = False) -> dict:
     """Accuracy overall and per question type."""
     questions = _questions(gt)
     matched = index_answers("demo", answers, by_question_id(questions))
     keys = check_coverage("demo", questions, matched, partial)
     scored = [
-        (questions[k].get("question_type", "all"),
+        (_question_type(questions[k]),
          float(demo_normalize(matched[k]["text"]) == demo_normalize(questions[k]["answer"])))
         for k in keys
     ]  # fmt: skip
