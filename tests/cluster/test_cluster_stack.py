@@ -69,7 +69,8 @@ def _check_running_stack(state: dict, state_dir: Path, job_dir: Path) -> None:
 
         from vlsa.io import storage
 
-        run = MlflowClient().get_run(run_id)
+        # explicit URI: an earlier test in the session may have set MLflow's process-wide tracking URI
+        run = MlflowClient(tracking_uri=mlflow_server.uri).get_run(run_id)
         assert run.data.metrics == {"loss": 0.25} and run.data.params == {"batch": "4"}
         keys = [k for k in storage.list_files("s3://vlsa/mlflow-artifacts") if run_id in k]
         assert [k.rsplit("/", 1)[-1] for k in keys] == ["note.txt"]

@@ -186,11 +186,18 @@ def rng_file(rank: int) -> str:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and every CUDA device) RNG states."""
+    """Python, NumPy and torch (CPU and every CUDA device) RNG states, as tensors and plain values
+    only, so that the file loads with ``torch.load(..., weights_only=True)``."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -201,8 +208,10 @@ def restore_rng(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -223,5 +232,4 @@ def load_rng(folder: str | Path, rank: int) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {folder} has no RNG state for rank {rank} ({rng_file(rank)}); "
                                 "resume with the same number of workers it was saved with")
-    # NumPy's state tuple is not a plain tensor structure, so the safe loader cannot read it.
-    restore_rng(torch.load(path, weights_only=False))
+    restore_rng(torch.load(path, weights_only=True))
