@@ -57,6 +57,33 @@ def test_concurrent_builds_share_one_folder(tmp_path):
     assert same_weights(results[0], results[1]) and same_weights(results[0], results[2])
 
 
+def _build_on_rank(rank: int, store: str, cache_dir: str, sums) -> None:
+    import torch.distributed as dist
+    from transformers import CLIPVisionModel
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        part = ComponentConfig(init={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                                     "num_hidden_layers": 1, "num_attention_heads": 2})
+        model = load_component(part, CLIPVisionModel, name="vision", cache_dir=f"{cache_dir}/{rank}", seed=0)
+        sums[rank] = float(sum(p.double().sum() for p in model.parameters()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_distributed_rank_builds_its_tiny_part(tmp_path):
+    """Each rank builds into its own cache (workers on different nodes do not share a disk), although
+    transformers' save_pretrained writes nothing on a non-zero rank."""
+    import torch.multiprocessing as mp
+
+    sums = mp.Manager().dict()
+    mp.spawn(_build_on_rank, args=(str(tmp_path / "store"), str(tmp_path / "cache"), sums), nprocs=2)
+    for rank in (0, 1):
+        (folder,) = (tmp_path / "cache" / str(rank) / "tiny").iterdir()
+        assert {"config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
+    assert sums[0] == sums[1]
+
+
 def test_path_with_subfolder(tmp_path):
     made = SD3Transformer2DModel(**DENOISER)
     made.save_pretrained(tmp_path / "pipeline" / "transformer")

@@ -53,7 +53,7 @@ def _tiny_dir(init: dict[str, Any], cls: type, *, name: str, cache_dir: str, see
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        _random_instance(cls, init, seed).save_pretrained(tmp)
+        _save(_random_instance(cls, init, seed), tmp)
         os.replace(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # not a lost race with another worker: a real failure
@@ -61,6 +61,24 @@ def _tiny_dir(init: dict[str, Any], cls: type, *, name: str, cache_dir: str, see
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _save(instance: Any, folder: Path) -> None:
+    """``save_pretrained`` into ``folder`` on any process.
+
+    transformers writes nothing on a non-zero ``torch.distributed`` rank, but every Ray worker must
+    be able to build its part (workers need not share a disk), so its config and safetensors weights
+    are written here in the layout ``from_pretrained`` reads. diffusers has no such rank check.
+    """
+    if hasattr(instance, "register_to_config"):
+        instance.save_pretrained(folder)
+        return
+    from safetensors.torch import save_model
+
+    instance.config.save_pretrained(folder)
+    if instance.can_generate():
+        instance.generation_config.save_pretrained(folder)
+    save_model(instance, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _random_instance(cls: type, init: dict[str, Any], seed: int) -> Any:
