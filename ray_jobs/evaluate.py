@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from vlsa.config import load_config
-from vlsa.eval.batch import demo_split, evaluate, init_ray
+from vlsa.eval.batch import demo_split, evaluate
 from vlsa.io import storage
+from vlsa.ray_session import add_num_cpus_argument, ray_session
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,8 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt", default="", help="ground truth in the benchmark's official format")
     parser.add_argument("--benchmark", default="", help="scorer name (python -m vlsa.eval.score --list)")
     parser.add_argument("--config", default="tiny", help="preset name or YAML path (default: tiny)")
-    parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1),
-                        help="logical CPUs of the local Ray instance (ignored on a cluster)")
+    add_num_cpus_argument(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.batch_size=16")
     return parser.parse_args(argv)
 
@@ -50,14 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     job = inputs(args, cfg)
     answers = args.answers or storage.join(cfg.run.storage_path, cfg.run.name, "eval",
                                            f"{job['benchmark'] or 'questions'}-answers.jsonl")
-    import ray
-
-    init_ray(args.num_cpus)
-    try:
+    with ray_session(args.num_cpus):
         summary = evaluate(cfg, args.model, job["questions"], job["image_root"], answers,
                            ground_truth=job["ground_truth"], benchmark=job["benchmark"])
-    finally:
-        ray.shutdown()
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
 

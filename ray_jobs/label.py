@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 
 from vlsa.config import load_config
 from vlsa.labels.pipeline import run_labeling
+from vlsa.ray_session import add_num_cpus_argument, ray_session
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,37 +24,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-root", required=True, help="folder or s3:// prefix the image paths are under")
     parser.add_argument("--output", required=True, help="output folder or s3:// prefix")
     parser.add_argument("--config", default="tiny", help="preset name or YAML path (default: tiny)")
-    parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1),
-                        help="logical CPUs of the local Ray instance (ignored on a cluster)")
+    add_num_cpus_argument(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. label.batch_size=32")
     return parser.parse_args(argv)
-
-
-def init_ray(num_cpus: int) -> None:
-    """Join the cluster the job was submitted to, or start a local instance with explicit resources.
-
-    Only ``RAY_ADDRESS`` selects a cluster: a bare ``ray.init()`` could join an unrelated local one.
-    """
-    import ray
-    import torch
-
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config, args.overrides)  # a bad config fails before Ray starts
-    import ray
-
-    init_ray(args.num_cpus)
-    try:
+    with ray_session(args.num_cpus):
         summary = run_labeling(cfg, args.data, args.image_root, args.output)
-    finally:
-        ray.shutdown()
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
 

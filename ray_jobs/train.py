@@ -17,39 +17,25 @@ import json
 import logging
 import os
 
+from vlsa.config import load_config
+from vlsa.ray_session import add_num_cpus_argument, ray_session
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="preset name or YAML path (default: the embedded default run)")
-    parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1),
-                        help="logical CPUs of the local Ray instance (ignored on a cluster)")
+    add_num_cpus_argument(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.stages.0.max_steps=10")
     return parser.parse_args(argv)
-
-
-def init_ray(num_cpus: int) -> None:
-    """Join the submitting cluster, or start a local instance with explicit resources."""
-    import ray
-    import torch
-
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    import ray
-
-    from vlsa.config import load_config
-
     cfg = load_config(args.config, args.overrides) if args.config else None
     if cfg is None:  # the embedded default builds tiny models only: never reach for the hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    init_ray(args.num_cpus)
-    try:
+    with ray_session(args.num_cpus):
         if cfg is None:
             from vlsa.train.default_run import main as default_run
 
@@ -57,12 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
         from vlsa.train.driver import train
 
         outcome = train(cfg)
-        summary = {"final_checkpoint": outcome.final_checkpoint, "mlflow_run_id": outcome.mlflow_run_id,
-                   "tracking_uri": outcome.tracking_uri, "run": outcome.run}
-        print(json.dumps(summary, sort_keys=True), flush=True)
-        return summary
-    finally:
-        ray.shutdown()
+    summary = {"final_checkpoint": outcome.final_checkpoint, "mlflow_run_id": outcome.mlflow_run_id,
+               "tracking_uri": outcome.tracking_uri, "run": outcome.run}
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
 
 
 if __name__ == "__main__":

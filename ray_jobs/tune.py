@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 
 from tune_spaces import GRIDS, SPACES, build_space
 from vlsa.config import load_config
+from vlsa.ray_session import add_num_cpus_argument, ray_session
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -26,8 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--name", default="", help="sweep name (default: <run.name>-<space>)")
     parser.add_argument("--only", action="append", default=[], metavar="LABEL",
                         help="run only this point of a named grid (repeatable; default: every point)")
-    parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1),
-                        help="logical CPUs of the local Ray instance (ignored on a cluster)")
+    add_num_cpus_argument(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. tune.metric=loss_lm")
     return parser.parse_args(argv)
 
@@ -37,7 +36,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     space = build_space(args.space, cfg, args.only)
-    from vlsa.tune.resources import ray_session
     from vlsa.tune.sweep import run_sweep
 
     with ray_session(args.num_cpus):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -126,18 +125,6 @@ def evaluate(cfg: Config, model_path: str, questions_uri: str, image_root: str, 
     run_name = f"eval-{model_id_of(model_path)}" + (f"-{benchmark}" if benchmark else "")
     run_id = log_to_mlflow(cfg, run_name, params, metrics, answers_uri)
     return {"answers": answers_uri, "questions": len(rows), "metrics": metrics, "mlflow_run_id": run_id}
-
-
-def init_ray(num_cpus: int) -> bool:
-    """Join the submitting cluster (``RAY_ADDRESS``), or start a local instance; True if started here."""
-    import ray
-    import torch
-
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return False
-    ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False)
-    return True
 
 
 def demo_split(cfg: Config) -> dict[str, str]:

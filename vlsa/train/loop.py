@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,6 +28,16 @@ from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
 
 logger = logging.getLogger(__name__)
 GRID_IMAGES = 4
+
+
+def say(line: str) -> None:
+    """One progress line on the worker's stdout, which Ray streams to the driver.
+
+    Not ``print``: Ray Train patches it in workers to log *and* echo when stdout is wrapped, so
+    every line would reach the console twice.
+    """
+    sys.stdout.write(f"[vlsa] {line}\n")
+    sys.stdout.flush()
 
 
 @dataclass(frozen=True)
@@ -247,7 +258,7 @@ class StageRun:
         self.progress.step, self.progress.samples = int(state["step"]), int(state["samples"])
         self.progress.skips.load_state_dict(state["skips"])
         if self.worker.rank == 0:
-            print(f"[vlsa] {self.stage.name}: resumed at step {self.progress.step} from {info.uri}", flush=True)
+            say(f"{self.stage.name}: resumed at step {self.progress.step} from {info.uri}")
 
     def _tracker(self, resumed: bool):
         if self.worker.rank != 0:
@@ -310,8 +321,8 @@ class StageRun:
         total = self.data.total_steps
         if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
             loss = result.losses.get("loss", float("nan"))
-            print(f"[vlsa] {self.stage.name} step {self.progress.step}/{total} loss {loss:.4f} "
-                  f"grad_norm {result.grad_norm:.3f} {metrics['samples_per_s']:.1f} samples/s", flush=True)
+            say(f"{self.stage.name} step {self.progress.step}/{total} loss {loss:.4f} "
+                f"grad_norm {result.grad_norm:.3f} {metrics['samples_per_s']:.1f} samples/s")
 
     # ------------------------------------------------------------------------------------ outputs
 
@@ -329,7 +340,7 @@ class StageRun:
         """
         if self.model.recon_head is None:
             return
-        from vlsa.train.tracking import reconstruction_grid
+        from vlsa.eval.grid import side_by_side
 
         batch = to_device(self._grid_batch(), self.worker.device)
         generator = torch.Generator(device=self.worker.device).manual_seed(self.cfg.train.seed)
@@ -344,7 +355,7 @@ class StageRun:
                 inputs = decode_latent(self.model.recon_head.vae, batch["recon_latent"])
         self.model.train()
         if self.tracker is not None:
-            grid = reconstruction_grid(inputs[:GRID_IMAGES].cpu(), outputs[:GRID_IMAGES].cpu())
+            grid = side_by_side(inputs[:GRID_IMAGES].cpu(), outputs[:GRID_IMAGES].cpu(), min_side=64, gap=2)
             self.tracker.log_image(grid, f"reconstruction/{self.stage.name}_step{self.progress.step:08d}.png")
 
     def _grid_batch(self) -> dict:
@@ -375,4 +386,4 @@ def train_worker(config: dict[str, Any], hooks: Hooks | None = None) -> None:
         weights = stage_run.run()
         del stage_run  # frees the engine before the next stage builds its own
     if plan.start == len(cfg.train.stages) and worker.rank == 0:
-        print(f"[vlsa] every stage of run {job.run} is already complete", flush=True)
+        say(f"every stage of run {job.run} is already complete")

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlsa.config import Config, load_config
+from vlsa.ray_session import add_num_cpus_argument, ray_session
 
 PROGRAM = "python -m vlsa.tune.ablate"
 EXTRA_METRICS = ("eval_accuracy", "eval_blind_accuracy")
@@ -116,8 +116,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", action="append", default=[], metavar="LABEL",
                         help="run only this variant (repeatable; default: every variant of the grid)")
     parser.add_argument("--name", default="", help="sweep name (default: <run.name>-<grid>)")
-    parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1),
-                        help="logical CPUs of a local Ray instance (ignored on a cluster)")
+    add_num_cpus_argument(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.stages.0.max_steps=10")
     return parser.parse_args(argv)
 
@@ -127,8 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from vlsa.tune.resources import ray_session
-
     with ray_session(args.num_cpus):
         summary = run_ablation(cfg, args.grid, args.out, only=args.only, name=args.name,
                                command=shlex.join([*PROGRAM.split(), *argv]))

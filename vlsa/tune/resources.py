@@ -1,11 +1,6 @@
-"""The cluster a sweep runs on: the Ray instance a command uses, and how many trials fit at once
-(each holds a trial driver and its Train workers)."""
+"""How many trials of a sweep fit at once on a cluster (each holds a trial driver and its Train workers)."""
 
 from __future__ import annotations
-
-import contextlib
-import os
-from typing import Iterator
 
 from vlsa.config import Config
 
@@ -33,22 +28,3 @@ def max_concurrent(cfg: Config, resources: dict[str, float]) -> int:
                            f"{f' and {cfg.run.num_workers} GPUs' if cfg.run.use_gpu else ''}; the cluster has "
                            f"{cpus} CPUs and {gpus} GPUs")
     return min(fit, cfg.tune.max_concurrent) if cfg.tune.max_concurrent else fit
-
-
-@contextlib.contextmanager
-def ray_session(num_cpus: int) -> Iterator[None]:
-    """Ray for a command: the cluster at ``RAY_ADDRESS``, the instance this process already runs, or a
-    local instance with ``num_cpus`` logical CPUs (and the GPUs present), shut down on exit."""
-    import ray
-    import torch
-
-    started = not ray.is_initialized()
-    if started and os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    elif started:
-        ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
