@@ -20,9 +20,9 @@ from vlsa.data.demo import (
     load_eval,
     resolve_data,
     resolve_eval,
-    score,
 )
 from vlsa.data.records import load_records
+from vlsa.eval.scorers.demo import score_demo
 
 
 def test_files_are_valid_llava_data_with_varied_images(demo):
@@ -93,9 +93,9 @@ def _blobs(mask: np.ndarray) -> int:
 def test_answers_need_the_image(tmp_path):
     paths = generate_demo(DemoConfig(train_images=100, eval_images=60), tmp_path, seed=11)
     blind = blind_baseline(paths.instruct, paths.eval)
-    assert blind["chance"] == pytest.approx(0.25)
-    assert blind["accuracy"] <= 0.3 and set(blind["policy"]) == set(ANSWERS)
     questions = load_eval(paths.eval)
+    assert blind["chance"] == pytest.approx(0.25) and blind["n"] == len(questions)
+    assert blind["accuracy"] <= 0.3 and set(blind["policy"]) == set(ANSWERS) == set(blind["per_type"])
     assert max(Counter(q["answer"] for q in questions if q["category"] == "count").values()) <= 0.3 * sum(
         q["category"] == "count" for q in questions)
     looked = {}
@@ -103,7 +103,8 @@ def test_answers_need_the_image(tmp_path):
         if q["category"] != "shape":
             image = np.asarray(load_image(paths.image_root, q["image"], DecodeConfig()))
             looked[q["question_id"]] = _looking_policy(image)[q["category"]]
-    seeing = score(looked, [q for q in questions if q["category"] != "shape"])
+    seeing = score_demo([{"question_id": k, "text": v} for k, v in looked.items()],
+                        [q for q in questions if q["category"] != "shape"])
     assert seeing["accuracy"] >= 0.9, seeing
     assert json.loads(open(paths.root + "/manifest.json").read())["counts"]["eval"] == len(questions)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlsa.eval.reconstruct import gaussian_window, image_metrics, main, psnr, reconstruction_grid, side_by_side, ssim
+from vlsa.eval.reconstruct import gaussian_window, image_metrics, main, psnr, reconstruction_grid, ssim
 
 
 def _images(demo, n: int) -> list[Image.Image]:
@@ -50,13 +50,6 @@ def test_image_metrics_work_in_minus_one_to_one():
     assert metrics["images"] == 1 and metrics["psnr"] < 5 and metrics["ssim"] < 0
     with pytest.raises(ValueError, match="one shape"):
         psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4))
-
-
-def test_side_by_side_layout():
-    inputs, outputs = -torch.ones(3, 3, 16, 16), torch.ones(3, 3, 16, 16)
-    grid = np.asarray(side_by_side(inputs, outputs, min_side=32, gap=2))
-    assert grid.shape == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2, 3)
-    assert (grid[2:34, 2:34] == 0).all() and (grid[2:34, 36:68] == 255).all()  # input | reconstruction
 
 
 def test_reconstruction_grid_of_the_tiny_model(tiny_model, demo):

@@ -1,10 +1,6 @@
-"""MLflow tracking: params without secrets, one reopenable job run, nested stage runs, the grid image."""
+"""MLflow tracking: params without secrets, one reopenable job run, nested stage runs."""
 
 from __future__ import annotations
-
-import numpy as np
-import pytest
-import torch
 
 import vlsa
 from vlsa.train import tracking
@@ -61,16 +57,3 @@ def test_job_run_is_reopened_by_key_and_stages_nest_under_it(tmp_path):
     assert client.get_run(stage.run_id).data.tags[tracking.PARENT_TAG] == first
     tracking.close_run(uri, first, ok=False)
     assert client.get_run(first).info.status == "FAILED"
-
-
-def test_reconstruction_grid_puts_inputs_over_outputs():
-    inputs = torch.full((3, 3, 8, 8), -1.0)  # black
-    outputs = torch.ones(3, 3, 8, 8)  # white
-    outputs[1, 0] = -1.0  # cyan
-    grid = np.asarray(tracking.reconstruction_grid(inputs, outputs, min_side=16))
-    assert grid.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3)
-    assert (grid[2:18, 2:18] == 0).all()  # first input, enlarged 2x
-    assert (grid[20:36, 2:18] == 255).all()  # its reconstruction below it
-    assert grid[20:36, 20:36].tolist()[0][0] == [0, 255, 255]
-    with pytest.raises(ValueError, match=r"one \(N, 3, S, S\) shape"):
-        tracking.reconstruction_grid(inputs, outputs[:2])

@@ -13,13 +13,14 @@ one in four, while a model that sees the image can score far higher.
     instruct.json   LLaVA-665K format: 2-3 question/answer turns per training image
     eval.jsonl      LLaVA question format ({"question_id", "image", "text", "category"}) plus "answer"
     manifest.json   what was generated (a second call with the same settings reuses the files)
+
+Answers to the held-out split are scored by the ``demo`` benchmark (``vlsa.eval.scorers.demo``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlsa.config import DataConfig, DemoConfig, EvalConfig
+from vlsa.eval.scorers.demo import demo_normalize, score_demo
 from vlsa.tokens import IMAGE_TOKEN
 
 COLORS = {"red": (215, 45, 45), "green": (40, 170, 60), "blue": (45, 85, 215), "yellow": (230, 205, 35)}
@@ -285,47 +287,34 @@ def load_eval(path: str) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case first word without punctuation ("Red." -> "red")."""
-    words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
-    return words[0] if words else ""
-
-
-def score(predictions: dict[str, str], questions: list[dict]) -> dict:
-    """Exact-match accuracy (after ``normalize_answer``), overall and per category."""
-    right, seen = Counter(), Counter()
-    for q in questions:
-        seen[q["category"]] += 1
-        right[q["category"]] += normalize_answer(predictions.get(q["question_id"], "")) == q["answer"]
-    total = sum(seen.values())
-    return {
-        "accuracy": sum(right.values()) / total if total else 0.0,
-        "per_category": {k: right[k] / seen[k] for k in sorted(seen)},
-        "questions": total,
-    }
-
-
 def question_kind(text: str) -> str | None:
     """The question type of a demo question (placeholder and answer-format hint ignored)."""
     first = text.replace(IMAGE_TOKEN, "").replace(SHORT, "").strip()
     return next((kind for kind, forms in QUESTIONS.items() if first in forms), None)
 
 
-def blind_baseline(train_file: str, eval_file: str) -> dict:
-    """Accuracy of the best image-blind policy: the most frequent training answer per question type.
-
-    Returns ``score``'s dict plus ``policy`` (type -> answer) and ``chance`` (mean of 1/#answers).
-    """
+def blind_policy(train_file: str) -> dict[str, str]:
+    """The best image-blind policy: the most frequent (normalised) training answer per question type."""
     answers: dict[str, Counter] = {kind: Counter() for kind in QUESTIONS}
     for record in json.loads(Path(train_file).read_text()):
         turns = record["conversations"]
         for human, gpt in zip(turns[::2], turns[1::2]):
             kind = question_kind(human["value"])
             if kind:
-                answers[kind][normalize_answer(gpt["value"])] += 1
-    policy = {kind: c.most_common(1)[0][0] for kind, c in answers.items() if c}
+                answers[kind][demo_normalize(gpt["value"])] += 1
+    return {kind: c.most_common(1)[0][0] for kind, c in answers.items() if c}
+
+
+def blind_baseline(train_file: str, eval_file: str) -> dict:
+    """Held-out accuracy of ``blind_policy``, scored by the ``demo`` benchmark scorer.
+
+    Returns ``score_demo``'s dict (``accuracy``, ``per_type``, ``n``) plus ``policy`` (type -> answer)
+    and ``chance`` (mean of 1/#answers).
+    """
+    policy = blind_policy(train_file)
     questions = load_eval(eval_file)
-    result = score({q["question_id"]: policy.get(q["category"], "") for q in questions}, questions)
+    answers = [{"question_id": q["question_id"], "text": policy.get(q["category"], "")} for q in questions]
+    result = score_demo(answers, questions)
     result["policy"] = policy
-    result["chance"] = float(np.mean([1 / len(ANSWERS[q["category"]]) for q in questions])) if questions else 0.0
+    result["chance"] = float(np.mean([1 / len(ANSWERS[q["category"]]) for q in questions]))
     return result

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlsa.config import DecodeConfig
+from vlsa.eval.grid import side_by_side
 from vlsa.io import storage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -91,30 +91,6 @@ def image_metrics(inputs: torch.Tensor, outputs: torch.Tensor) -> dict:
     p, s = psnr(a, b).tolist(), ssim(a, b).tolist()
     return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "psnr_per_image": p, "ssim_per_image": s,
             "images": len(p)}
-
-
-# ------------------------------------------------------------------------------------------ grid
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, S, S) in [-1, 1] -> (S, S, 3) uint8."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def side_by_side(inputs: torch.Tensor, outputs: torch.Tensor, min_side: int = 128, gap: int = 4) -> Image.Image:
-    """One row per image, input left and reconstruction right; tiny images enlarged (nearest) to ``min_side``."""
-    if inputs.shape != outputs.shape or inputs.dim() != 4:
-        raise ValueError(f"grid needs inputs and outputs of one (N, 3, S, S) shape, got {tuple(inputs.shape)} "
-                         f"and {tuple(outputs.shape)}")
-    n, side = inputs.shape[0], inputs.shape[-1]
-    scale = max(1, math.ceil(min_side / side))
-    cell = side * scale
-    canvas = np.full((n * cell + (n + 1) * gap, 2 * cell + 3 * gap, 3), 255, dtype=np.uint8)
-    for row in range(n):
-        for col, image in enumerate((inputs[row], outputs[row])):
-            top, left = gap + row * (cell + gap), gap + col * (cell + gap)
-            canvas[top:top + cell, left:left + cell] = _to_uint8(image).repeat(scale, 0).repeat(scale, 1)
-    return Image.fromarray(canvas)
 
 
 # ------------------------------------------------------------------------------------------ sampling

@@ -91,18 +91,38 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def log_to_mlflow(cfg: Config, summary: dict[str, Any], params: dict[str, Any]) -> str | None:
-    """Log the summary as one MLflow run when a tracking URI is configured; returns the run id."""
+    """Log the summary as one MLflow run when a tracking URI is configured; returns the run id.
+
+    Goes through an explicit ``MlflowClient``, so the process's MLflow state (tracking URI, active
+    experiment and run) is left as it was.
+    """
     uri = tracking_uri(cfg)
     if not uri:
         return None
-    import mlflow
+    from mlflow.entities import Param
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.run.mlflow.experiment)
-    with mlflow.start_run(run_name=f"{cfg.run.name}-label") as run:
-        mlflow.log_params({**params, **flatten({"label": cfg.to_dict()["label"]})})
-        numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        numbers.update({f"rejects.{reason}": float(n) for reason, n in summary["output_rejects_by_reason"].items()})
-        mlflow.log_metrics(numbers)
-        mlflow.log_dict(summary, "label_summary.json")
-        return run.info.run_id
+    from vlsa.train import tracking
+
+    client = tracking.client(uri)
+    exp_id = tracking.experiment_id(client, cfg.run.mlflow.experiment)
+    run_id = client.create_run(exp_id, run_name=f"{cfg.run.name}-label").info.run_id
+    try:
+        values = {**params, **flatten({"label": cfg.to_dict()["label"]})}
+        tracking.log_params(client, run_id, [Param(k, str(v)) for k, v in values.items()])
+        client.log_batch(run_id, metrics=_metrics(summary))
+        client.log_dict(run_id, summary, "label_summary.json")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _metrics(summary: dict[str, Any]) -> list:
+    """The summary's numbers and the output's rejects per reason (``rejects.<reason>``) as MLflow metrics."""
+    from mlflow.entities import Metric
+
+    numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers.update({f"rejects.{reason}": float(n) for reason, n in summary["output_rejects_by_reason"].items()})
+    now = int(time.time() * 1000)
+    return [Metric(key, value, now, 0) for key, value in sorted(numbers.items())]

@@ -93,11 +93,16 @@ def open_parent_run(uri: str, experiment: str, run_name: str, run_key: str, para
     new = [Param(k, v) for k, v in params.items() if k not in known]
     changed = sorted(k for k, v in params.items() if k in known and known[k] != v)
     tags = [RunTag("vlsa.changed_params", ",".join(changed)[:MAX_PARAM_LENGTH])] if changed else []
-    for start in range(0, len(new), 100):  # MLflow takes at most 100 params per batch
-        mlflow_client.log_batch(run_id, params=new[start:start + 100], tags=tags if start == 0 else [])
-    if not new and tags:
-        mlflow_client.log_batch(run_id, tags=tags)
+    log_params(mlflow_client, run_id, new, tags)
     return run_id
+
+
+def log_params(mlflow_client, run_id: str, params: list, tags: list = ()) -> None:
+    """``Param`` entities in batches of 100 (MLflow's limit per call); ``tags`` go with the first batch."""
+    if not params and not tags:
+        return
+    for start in range(0, max(len(params), 1), 100):
+        mlflow_client.log_batch(run_id, params=params[start:start + 100], tags=list(tags) if start == 0 else [])
 
 
 def close_run(uri: str, run_id: str, ok: bool) -> None:
@@ -136,30 +141,3 @@ class StageTracker:
 
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED")
-
-
-def reconstruction_grid(inputs, outputs, min_side: int = 64):
-    """A PIL image: inputs (top row) over their reconstructions (bottom row), both (N, 3, S, S) in [-1, 1].
-
-    Tiny images are enlarged (nearest neighbour) to at least ``min_side`` pixels so they can be seen.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    if inputs.shape != outputs.shape or inputs.dim() != 4:
-        raise ValueError(f"grid needs inputs and outputs of one (N, 3, S, S) shape, "
-                         f"got {tuple(inputs.shape)} and {tuple(outputs.shape)}")
-    n, _, side, _ = inputs.shape
-    scale = max(1, -(-min_side // side))
-    gap = 2
-    rows = torch.stack([inputs, outputs]).float().clamp(-1, 1)  # (2, N, 3, S, S)
-    pixels = ((rows + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()  # (2, N, S, S, 3)
-    cell = side * scale
-    canvas = np.full((2 * cell + 3 * gap, n * cell + (n + 1) * gap, 3), 255, dtype=np.uint8)
-    for r in range(2):
-        for c in range(n):
-            big = pixels[r, c].repeat(scale, axis=0).repeat(scale, axis=1)
-            top, left = gap + r * (cell + gap), gap + c * (cell + gap)
-            canvas[top:top + cell, left:left + cell] = big
-    return Image.fromarray(canvas)
