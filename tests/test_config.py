@@ -54,6 +54,24 @@ def test_baselines_switch_the_right_parts():
     assert vdep.vdep.enabled and vdep.vdep.alpha == 0.001 and not vdep.recon.enabled
 
 
+def test_ross_denoiser_starts_random_at_sd3_medium_shape():
+    """ROSS's denoiser is randomly initialised (VLSA App. B.10): built from `init`, never the base's SD3 path."""
+    import inspect
+
+    from diffusers import SD3Transformer2DModel
+
+    vlsa, ross = (load_config(n).model.recon for n in ("llava_next_llama3_8b", "ross"))
+    assert vlsa.denoiser.path and not vlsa.denoiser.init  # VLSA starts from pretrained SD3-medium
+    assert ross.denoiser.path == "" and ross.denoiser.subfolder == ""  # load_component takes `init`
+    init = ross.denoiser.init
+    assert set(init) <= set(inspect.signature(SD3Transformer2DModel.__init__).parameters)
+    inner = init["num_attention_heads"] * init["attention_head_dim"]
+    assert (init["num_layers"], inner, init["joint_attention_dim"], init["pooled_projection_dim"]) == (24, 1536, 4096, 2048)
+    assert (init["caption_projection_dim"], init["patch_size"], init["in_channels"]) == (1536, 2, 16)
+    assert init == load_config("bench_gpu").model.recon.denoiser.init  # the SD3-medium shape stated there
+    assert ross.vae == vlsa.vae and ross.vae.path  # the frozen VAE stays pretrained
+
+
 def test_dotted_overrides_reach_nested_fields_and_list_items():
     cfg = load_config("tiny", ["train.stages.1.global_batch=32", "model.projector.self_attention=false",
                                "model.vision.init.hidden_size=96", "run.mlflow.experiment=x"])

@@ -55,6 +55,12 @@ def test_step(capsys, cache_dir):
     tiles = r["settings"]["tiles"]
     assert r["visual_tokens"]["anyres"] == (tiles + 1) * r["visual_tokens"]["vlsa"]
     assert r["settings"]["repeats"] == 2 and r["settings"]["warmup"] == 1  # --smoke
+    mem = r["memory"]
+    for name in ("vlsa", "anyres"):  # on a CPU only what each keeps is counted; a step's peak is not measured
+        assert positive(mem[name]["resident_gib"]) and mem[name]["step_gib"] is None and mem[name]["peak_gib"] is None
+    assert mem["vlsa"]["resident_gib"] > mem["anyres"]["resident_gib"]  # denoiser, VAE and Epigone
+    assert r["process_peak_gib"] >= mem["vlsa"]["resident_gib"] + mem["anyres"]["resident_gib"]
+    assert "ru_maxrss" in r["process_peak_source"]
 
 
 def test_mfu(capsys, cache_dir):

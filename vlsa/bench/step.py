@@ -3,14 +3,16 @@
 Both models are built once; steps then alternate VLSA, AnyRes, VLSA, ... after a warm-up, so both
 see the same background load. The measured ratio is the median of the per-pair wall-clock ratios
 (``cpu_ratio``: the same from process CPU seconds); the FLOP-predicted ratio from
-``vlsa.bench.flops`` is printed beside it.
+``vlsa.bench.flops`` is printed beside it. Memory (``vlsa.bench.memory``): the process peak (CUDA:
+over the warm-up and timed steps; CPU: peak resident set since the process started), then per
+variant what it keeps between steps and, on CUDA, what one more untimed step adds.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vlsa.bench import flops, variants
+from vlsa.bench import flops, memory, variants
 from vlsa.bench.device import describe, dtype_for
 from vlsa.bench.loop import build_train_step
 from vlsa.bench.report import Report, fmt_seconds, table
@@ -41,14 +43,16 @@ def settings(cfg: Config, device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
-    """Interleaved VLSA / AnyRes steps; report medians, spreads, the measured and the FLOP ratio."""
+    """Interleaved VLSA / AnyRes steps; report medians, spreads, the measured and the FLOP ratio, memory."""
     dtype = dtype_for(cfg, device)
     steps = {}
     for name, make in VARIANTS:
         variant = make(cfg)
         stage, work = variants.bench_stage(variant), variants.workload(variant)
         steps[name] = build_train_step(variant, stage, work, device, dtype)
+    memory.reset_peak(device)  # CUDA: the process peak covers the warm-up and timed steps only
     times = interleave(steps, cfg.bench.warmup, cfg.bench.repeats, device)
+    process_peak, peak_source = memory.process_peak(device)  # read before the memory steps reset it
     counts = step_counts(cfg, vocab_size=len(steps["vlsa"].model.tokenizer))
     wall = paired_ratios(times["vlsa"].wall, times["anyres"].wall)
     metrics = {
@@ -58,18 +62,31 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
         "vlsa": summary(times["vlsa"].wall), "anyres": summary(times["anyres"].wall),
         "flops": {name: c.total for name, c in counts.items()},
         "visual_tokens": {name: steps[name].model.token_count(cfg.bench.tiles) for name in steps},
+        "memory": {name: memory.variant_memory(step, device) for name, step in steps.items()},
+        "process_peak_gib": process_peak, "process_peak_source": peak_source,
     }
     return Report("step", metrics, settings(cfg, device, dtype), describe(device), _lines(metrics, counts))
 
 
 def _lines(metrics: dict, counts: dict) -> list[str]:
     rows = [[name, metrics["visual_tokens"][name], fmt_seconds(metrics[name]["median_s"]),
-             f"{metrics[name]['spread']:.1%}", f"{counts[name].total / 1e9:.3f}"] for name in counts]
-    lines = table(["model", "visual tokens", "median step", "spread", "GFLOP/step"], rows)
-    lines += ["", f"measured ratio VLSA/AnyRes {metrics['ratio']:.3f} (wall clock, median of per-pair ratios; "
-                  f"min {metrics['ratio_min']:.3f}, max {metrics['ratio_max']:.3f})",
+             f"{metrics[name]['spread']:.1%}", f"{counts[name].total / 1e9:.3f}",
+             *(_gib(metrics["memory"][name][k]) for k in ("resident_gib", "step_gib", "peak_gib"))]
+            for name in counts]
+    lines = table(["model", "visual tokens", "median step", "spread", "GFLOP/step",
+                   "resident", "step adds", "peak alone"], rows)
+    lines += ["", (f"measured ratio VLSA/AnyRes {metrics['ratio']:.3f} (wall clock, median of per-pair ratios; "
+                   f"min {metrics['ratio_min']:.3f}, max {metrics['ratio_max']:.3f})"),
               f"CPU-time ratio             {metrics['cpu_ratio']:.3f}",
-              f"FLOP-predicted ratio       {metrics['flop_ratio']:.3f}", ""]
+              f"FLOP-predicted ratio       {metrics['flop_ratio']:.3f}",
+              (f"process peak memory        {_gib(metrics['process_peak_gib'])} "
+               f"({metrics['process_peak_source']}; both variants resident)"),
+              ("memory: resident = parameters, buffers, optimizer states and batch; step adds = peak allocated "
+               "by one more untimed step (CUDA only); peak alone = their sum"), ""]
     for name, c in counts.items():
         lines += [f"[{name}]", c.formula()]
     return lines
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} GiB"
