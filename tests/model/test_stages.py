@@ -20,7 +20,7 @@ def grads_by_module(model, batch) -> dict[str, bool]:
 
 
 def test_stage1_trains_perceiver_epigone_denoiser_only(fresh_model, two_image_batch):
-    stage1 = fresh_model.config.train.stages[0]
+    stage1 = vlsa.load_config("llava_next_llama3_8b").train.stages[0]  # Tab. 7 (tiny also trains its random LLM)
     apply_stage(fresh_model, stage1)
     got = grads_by_module(fresh_model, two_image_batch)
     assert got == {"vision": False, "projector": True, "llm": False, "epigone": True, "denoiser": True}

@@ -9,8 +9,12 @@ from vlsa.config import ConfigError
 from vlsa.train.deepspeed_config import deepspeed_config, use_bf16
 
 
+BATCH = ("train.stages.0.global_batch=16", "train.stages.0.micro_batch=8",
+         "train.stages.1.global_batch=16", "train.stages.1.micro_batch=8")
+
+
 def test_tiny_stage1_on_two_cpu_workers():
-    cfg = vlsa.load_config("tiny")
+    cfg = vlsa.load_config("tiny", BATCH)
     assert deepspeed_config(cfg, cfg.train.stages[0], 2, "cpu") == {
         "train_batch_size": 16,
         "train_micro_batch_size_per_gpu": 8,
@@ -25,7 +29,7 @@ def test_tiny_stage1_on_two_cpu_workers():
 
 
 def test_stage2_is_zero3_with_full_weights_saved_and_accumulation_from_global_batch():
-    cfg = vlsa.load_config("tiny", ["train.grad_clip=0.5"])
+    cfg = vlsa.load_config("tiny", [*BATCH, "train.grad_clip=0.5"])
     ds = deepspeed_config(cfg, cfg.train.stages[1], 1, "cpu")
     assert ds["zero_optimization"] == {"stage": 3, "contiguous_gradients": True, "overlap_comm": False,
                                        "stage3_gather_16bit_weights_on_model_save": True}
@@ -45,7 +49,7 @@ def test_llava_presets_use_bf16_on_gpu_and_fp32_on_cpu():
 
 
 def test_global_batch_that_does_not_divide_names_the_numbers():
-    cfg = vlsa.load_config("tiny", ["train.stages.0.global_batch=20"])
+    cfg = vlsa.load_config("tiny", [*BATCH, "train.stages.0.global_batch=20"])
     with pytest.raises(ConfigError, match="global_batch 20 is not a multiple of micro_batch 8 x workers 2"):
         deepspeed_config(cfg, cfg.train.stages[0], 2, "cpu")
     with pytest.raises(ConfigError, match="world_size must be >= 1, got 0"):
@@ -66,7 +70,7 @@ def test_deepspeed_accepts_the_config():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    cfg = vlsa.load_config("tiny")
+    cfg = vlsa.load_config("tiny", BATCH)
     for stage in cfg.train.stages:
         parsed = DeepSpeedConfig(deepspeed_config(cfg, stage, 1, "cpu"))  # world size 1 without a process group
         assert parsed.zero_optimization_stage == stage.zero_stage

@@ -42,12 +42,13 @@ def test_scheduler_scales_every_group_by_the_same_factor():
 
 
 def test_stage_steps_from_epochs_or_max_steps():
-    cfg = vlsa.load_config("tiny")
-    stage1, stage2 = cfg.train.stages  # global 16, micro 8
+    batch = [f"train.stages.{i}.{key}" for i in (0, 1) for key in ("global_batch=16", "micro_batch=8")]
+    cfg = vlsa.load_config("tiny", [*batch, "train.stages.0.epochs=1", "train.stages.1.epochs=3"])
+    stage1, stage2 = cfg.train.stages
     assert stage_total_steps(stage1, 600, 2) == 38  # ceil(600 / 16) = 38 micro-steps, 1 each
     assert stage_total_steps(stage1, 600, 1) == 37  # 75 micro-steps of 8, 2 per step (the last one is dropped)
     assert stage_total_steps(stage2, 600, 2) == 114  # 3 epochs
-    capped = vlsa.load_config("tiny", ["train.stages.0.max_steps=5"]).train.stages[0]
+    capped = vlsa.load_config("tiny", [*batch, "train.stages.0.max_steps=5"]).train.stages[0]
     assert stage_total_steps(capped, 600, 2) == 5
     assert stage_total_steps(stage1, 3, 2) == 1  # fewer samples than one step: still one step
     with pytest.raises(ValueError, match="stage stage1 has no training samples"):

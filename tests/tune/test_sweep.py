@@ -151,9 +151,10 @@ def test_the_sweep_logs_a_parent_run_nested_trial_runs_and_the_best_point(scenar
     best = sweep.data.tags["best.tune.variant"]
     assert accuracy[best] == max(accuracy.values())
     assert sweep.data.metrics["best/eval_accuracy"] == pytest.approx(accuracy[best])
+    p_px = load_config("tiny").train.stages[1].data.ssft.p_px  # "pixels on" keeps the preset's probability
     for variant, run in by_variant(scenario.uri, scenario.sweep_run_id).items():
         assert run.data.tags["mlflow.parentRunId"] == scenario.sweep_run_id
-        assert float(run.data.params["train.stages.1.data.ssft.p_px"]) == (0.3 if variant == ROWS[1] else 0.0)
+        assert float(run.data.params["train.stages.1.data.ssft.p_px"]) == (p_px if variant == ROWS[1] else 0.0)
         assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2  # a result per training step
         assert run.data.metrics["eval_accuracy"] == pytest.approx(accuracy[variant])
         assert 0.0 <= run.data.metrics["eval_blind_accuracy"] <= 1.0
