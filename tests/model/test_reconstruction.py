@@ -56,6 +56,17 @@ def test_sample_decodes_images(tiny_model, two_image_batch):
     assert decode_latent(tiny_model.recon_head.vae, latent).shape == (1, 3, 32, 32)
 
 
+def test_the_frozen_vae_is_a_codec_outside_the_module_tree(fresh_model):
+    """Not in parameters or state_dict (so never partitioned by ZeRO-3 nor checkpointed), yet moved and cast."""
+    head = fresh_model.recon_head
+    vae = {id(p) for p in head.vae.parameters()}
+    assert vae and not vae & {id(p) for p in fresh_model.parameters()}
+    assert not [k for k in fresh_model.state_dict() if ".vae." in k]
+    fresh_model.to(torch.float64).train()
+    assert all(p.dtype == torch.float64 for p in head.vae.parameters())
+    assert not head.vae.training and not any(p.requires_grad for p in head.vae.parameters())
+
+
 def test_ross_conditioning_reaches_the_llm(cache_dir, two_image_batch):
     """With llm_hidden conditioning, L_rec's gradient flows through the LLM's hidden states."""
     model = vlsa.build_model(tiny_config(cache_dir, "model.recon.conditioning=llm_hidden")).train()

@@ -41,6 +41,10 @@ def process_peak(device: torch.device) -> tuple[float, str]:
 def _tensors(step: TrainStep):
     yield from step.model.parameters()
     yield from step.model.buffers()
+    head = getattr(step.model, "recon_head", None)
+    if head is not None:  # the frozen VAE sits outside the module tree, but on the device all the same
+        yield from head.vae.parameters()
+        yield from head.vae.buffers()
     for state in step.optimizer.state.values():
         yield from (v for v in state.values() if isinstance(v, torch.Tensor))
     yield from (v for v in step.batch.values() if isinstance(v, torch.Tensor))

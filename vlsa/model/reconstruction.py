@@ -6,6 +6,11 @@ The target z is the VAE latent shifted and scaled by the VAE's own ``shift_facto
 ``scaling_factor`` (as the SD3 pipeline does); it is computed here from pixels in [-1, 1] or taken
 ready-made from the labeling job's cache. ``sample()`` integrates the flow with Euler steps from
 pure noise and decodes the result, for reconstruction grids (Fig. 4 of the paper).
+
+The VAE is a fixed codec, not a trained part: it is held outside the module tree, so it is in no
+``state_dict`` or checkpoint (it always comes from ``model.recon.vae``), no optimizer sees it, and
+ZeRO-3 neither partitions it nor re-gathers it after every optimizer step. It still moves and casts
+with the head (``.to``, ``.bfloat16``).
 """
 
 from __future__ import annotations
@@ -47,13 +52,20 @@ class ReconstructionHead(nn.Module):
     def __init__(self, epigone: Epigone, denoiser, vae, *, image_size: int, logit_mean: float = 0.0,
                  logit_std: float = 1.0, sample_steps: int = 28) -> None:
         super().__init__()
-        self.epigone, self.denoiser, self.vae = epigone, denoiser, vae
+        self.epigone, self.denoiser = epigone, denoiser
+        object.__setattr__(self, "vae", vae)  # a plain attribute, not a submodule (see the module doc)
         self.vae.requires_grad_(False)
         self.logit_mean, self.logit_std, self.sample_steps = logit_mean, logit_std, sample_steps
         self.latent_channels = vae.config.latent_channels
         self.latent_size = image_size // vae_downsampling(vae)
         self.image_size = image_size
         _check_geometry(denoiser.config, self.latent_channels, self.latent_size, image_size)
+
+    def _apply(self, fn, recurse: bool = True) -> "ReconstructionHead":
+        """Device moves and dtype casts reach the VAE too."""
+        super()._apply(fn, recurse)
+        self.vae._apply(fn, recurse)
+        return self
 
     def train(self, mode: bool = True) -> "ReconstructionHead":
         """Train mode for Epigone and denoiser; the frozen VAE always stays in eval mode."""
