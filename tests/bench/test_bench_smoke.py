@@ -17,14 +17,20 @@ from vlsa.bench.__main__ import main
 
 def bench_json(capsys, name: str, cache_dir: str, *extra: str) -> dict:
     """Run ``python -m vlsa.bench NAME --preset tiny --smoke --json`` in-process and parse its stdout."""
+    return bench_json_and_log(capsys, name, cache_dir, *extra)[0]
+
+
+def bench_json_and_log(capsys, name: str, cache_dir: str, *extra: str) -> tuple[dict, str]:
+    """``bench_json`` and what the run wrote to stderr."""
     capsys.readouterr()
     assert main([name, "--preset", "tiny", "--device", "cpu", "--smoke", "--json",
                  "--set", f"model.cache_dir={cache_dir}", *extra]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["benchmark"] == name
     assert report["settings"]["command"].startswith(f"python -m vlsa.bench {name} ")
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_count"] >= 1
-    return report
+    return report, captured.err
 
 
 def positive(x) -> bool:
@@ -105,7 +111,10 @@ def test_latency(capsys, cache_dir, tmp_path):
 
 @pytest.mark.integration
 def test_ray_overhead(capsys, cache_dir):
-    r = bench_json(capsys, "ray-overhead", cache_dir)
+    r, log = bench_json_and_log(capsys, "ray-overhead", cache_dir)
+    # Ray Train's placement-group cleaner queries the State API; without the dashboard that serves it,
+    # the output fills with failed queries.
+    assert "Failed to query Ray Train Controller actor state" not in log
     for key in ("ratio", "cpu_ratio", "plain_drift", "plain_step_s", "ray_step_s", "report_s"):
         assert positive(r[key]), key
     assert r["ratio"] == pytest.approx(r["ray_step_s"] / r["plain_step_s"])

@@ -81,7 +81,9 @@ def through_ray(cfg: Config, threads: int) -> dict[str, list[float]]:
 
     storage = tempfile.mkdtemp(prefix="vlsa-bench-ray-")
     env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
-    ray.init(num_cpus=max(4, threads + 2), include_dashboard=False)
+    # With the dashboard (Ray's State API): Train's placement-group cleaner polls it, and without it
+    # logs a failed query again and again.
+    ray.init(num_cpus=max(4, threads + 2))
     try:
         trainer = TorchTrainer(
             worker_loop, train_loop_config={"cfg": cfg.to_dict(), "threads": threads},
