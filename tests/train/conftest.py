@@ -24,3 +24,16 @@ def local_ray():
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """A one-process gloo group, so DeepSpeed engines can be built in the test process."""
+    import torch
+    import torch.distributed as dist
+
+    from vlsa.train.loop import _single_process_group
+
+    if not dist.is_initialized():
+        _single_process_group(torch.device("cpu"))
+    yield

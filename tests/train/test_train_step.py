@@ -29,17 +29,6 @@ class Regressor(nn.Module):
         return VLSAOutput(loss, loss.detach(), None, None, loss.detach(), None, torch.zeros(1))
 
 
-@pytest.fixture(scope="module")
-def process_group():
-    import torch.distributed as dist
-
-    from vlsa.train.loop import _single_process_group
-
-    if not dist.is_initialized():
-        _single_process_group(torch.device("cpu"))
-    yield
-
-
 def _engine(zero_stage: int):
     from vlsa.train.loop import import_deepspeed
     from vlsa.train.schedule import build_scheduler

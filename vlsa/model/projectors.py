@@ -20,18 +20,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from vlsa.config import ProjectorConfig
 from vlsa.model.perceiver import SAPerceiver
 
 
 @dataclass
-class ProjectorOutput:
-    """Visual tokens per image, the denoiser cue and the global embedding."""
+class ProjectorOutput(ModelOutput):
+    """Visual tokens per image, the denoiser cue and the global embedding (always all three).
 
-    tokens: list[torch.Tensor]
-    cue: torch.Tensor
-    pooled: torch.Tensor
+    A ``ModelOutput`` (a dict underneath), not a plain dataclass: DeepSpeed ZeRO-3 finds a module's
+    output tensors only inside tuples, lists and dicts, and hooks them to re-gather the module's own
+    parameters before its backward. Hidden in a dataclass, a projector that owns parameters directly
+    (the Q-former's queries) would run its backward on released, empty parameters.
+    """
+
+    tokens: list[torch.Tensor] | None = None
+    cue: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
 
 
 def mlp2x_gelu(d: int, D: int) -> nn.Sequential:
