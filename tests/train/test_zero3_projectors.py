@@ -1,7 +1,7 @@
 """Every projector trains under DeepSpeed ZeRO-3 with all of its parameters partitioned.
 
 ZeRO-3 releases a module's own parameters after its forward and re-gathers them before its backward,
-through hooks on the tensors the module returns. At real widths every parameter is above the
+through hooks on the tensors the module returns. At real widths the weight matrices are above the
 persistence threshold, so the tiny test model keeps none resident (threshold 0) to exercise that path.
 """
 
