@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with ray_session(args.num_cpus):
         if cfg is None:
-            from vlsa.train.default_run import main as default_run
+            from vlsa.recipes.demo import main as default_run
 
             return default_run(args.overrides)
         from vlsa.train.driver import train

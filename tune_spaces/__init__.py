@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from tune_spaces import ablations, loss_ratio, lr, perceiver, ssft_mix
-from tune_spaces.points import named_grid, sample_points, select_points
+from vlsa.tune.points import named_grid, sample_points, select_points
 from vlsa.config import Config
 
 SPACES: dict[str, Callable[[Config], dict[str, Any]]] = {

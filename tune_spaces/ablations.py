@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tune_spaces import ssft_mix
-from tune_spaces.points import stage_key
+from vlsa.tune.points import stage_key
 from vlsa.config import Config
 
 RECON_MODULES = ("epigone", "denoiser")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune_spaces.points import stage_key
+from vlsa.tune.points import stage_key
 from vlsa.config import Config
 
 SPREAD = 10.0

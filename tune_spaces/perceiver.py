@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune_spaces.points import named_grid
+from vlsa.tune.points import named_grid
 from vlsa.config import Config
 
 _P = "model.projector."

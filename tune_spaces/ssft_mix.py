@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune_spaces.points import copy_of, named_grid, stage_key
+from vlsa.tune.points import copy_of, named_grid, stage_key
 from vlsa.config import Config
 
 DEFAULT_P = 0.3

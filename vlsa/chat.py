@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Iterable, Iterator, TextIO
 
-from vlsa.data.records import ASSISTANT, USER, Turn
+from vlsa.io.records import ASSISTANT, USER, Turn
 
 
 class Chat:
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Command-line entry; exit 2 with a message when the image cannot be read."""
     from vlsa.config import load_config
-    from vlsa.data.image import ImageRejected, decode_image
+    from vlsa.io.image import ImageRejected, decode_image
     from vlsa.eval.infer import Answerer, load_model, model_id_of
     from vlsa.io import storage
 

@@ -16,7 +16,7 @@ from vlsa.config import SSFTConfig
 from vlsa.data.assemble import SampleBuilder, geometry_from_config, load_image
 from vlsa.data.collate import Collator
 from vlsa.data.dataset import build_dataset
-from vlsa.data.records import Record, Turn, load_records
+from vlsa.io.records import Record, Turn, load_records
 from vlsa.labels.compute import LabelComputer, LabelGeometry
 from vlsa.labels.schema import label_identity
 from vlsa.labels.shards import build_manifest, ensure_spec, items_of, plan_shards, write_manifest

@@ -21,7 +21,7 @@ from vlsa.data.demo import (
     resolve_data,
     resolve_eval,
 )
-from vlsa.data.records import load_records
+from vlsa.io.records import load_records
 from vlsa.eval.scorers.demo import score_demo
 
 

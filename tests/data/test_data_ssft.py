@@ -11,7 +11,7 @@ from data_helpers import expected_px, expected_vq, label_row, parse_px, parse_vq
 from vlsa.config import SSFTConfig
 from vlsa.data import ssft
 from vlsa.data.assemble import SampleBuilder, geometry_from_config
-from vlsa.data.records import Record, Turn, load_records
+from vlsa.io.records import Record, Turn, load_records
 from vlsa.data.templates import IGNORE_INDEX
 from vlsa.model.tokenizer import build_tokenizer
 from vlsa.tokens import vq_code_token

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vlsa.data.dataset import build_dataset
-from vlsa.data.records import RecordRejected, TooManyRejected, Turn
+from vlsa.io.records import RecordRejected, TooManyRejected, Turn
 from vlsa.data.templates import IGNORE_INDEX, Rendered, build_template, encode
 
 TURNS = [

@@ -42,7 +42,7 @@ def test_job_needs_both_ground_truth_and_benchmark(tmp_path):
 def test_evaluate_demo_split_through_ray(exported_model, cache_dir, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from vlsa.train import tracking
+    from vlsa.io import tracking
 
     monkeypatch.chdir(tmp_path)  # the default MLflow store ./mlruns and run storage land here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

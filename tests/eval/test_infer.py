@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlsa.config import DecodeConfig
-from vlsa.data.records import USER, Turn
+from vlsa.io.records import USER, Turn
 from vlsa.eval.infer import (
     Answerer,
     answer_questions,

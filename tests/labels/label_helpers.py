@@ -15,7 +15,7 @@ from PIL import Image
 
 import vlsa
 from vlsa.config import DecodeConfig
-from vlsa.data.image import ImageRejected, decode_image
+from vlsa.io.image import ImageRejected, decode_image
 from vlsa.labels.compute import LabelGeometry
 from vlsa.model.encoding import lowres_rgb, recon_pixels
 

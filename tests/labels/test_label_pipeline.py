@@ -22,7 +22,7 @@ from label_helpers import (
     write_corpus,
 )
 
-from vlsa.data.image import decode_image
+from vlsa.io.image import decode_image
 from vlsa.io import storage
 from vlsa.labels.pipeline import run_labeling
 from vlsa.labels.schema import LABEL_SCHEMA, LabelsMismatch, latent_array, pixels_array, vq_array

@@ -6,7 +6,7 @@ import pytest
 from label_helpers import label_config
 
 from vlsa.config import ConfigError
-from vlsa.data.records import validate_all
+from vlsa.io.records import validate_all
 from vlsa.labels.pipeline import PoolPlan, plan_pool
 from vlsa.labels.schema import SCHEMA_VERSION, LabelsMismatch, check_manifest, label_identity
 from vlsa.labels.shards import Item, fingerprint, items_of, plan_shards

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tune_spaces import GRIDS, SPACES, build_space, sample_points, select_points
-from tune_spaces.points import VARIANT_KEY
+from vlsa.tune.points import VARIANT_KEY
 from vlsa.config import ConfigError, load_config
 from vlsa.tune.sweep import check_space
 

@@ -25,7 +25,7 @@ from ray.tune import Callback
 from tests.tune.conftest import shrunk
 from tune_spaces import build_space
 from vlsa.config import load_config
-from vlsa.train import tracking as train_tracking
+from vlsa.io import tracking as train_tracking
 from vlsa.train.step import LOSS_KEYS
 from vlsa.tune import ablate
 from vlsa.tune.sweep import SweepInterrupted, run_sweep

@@ -38,7 +38,7 @@ def jpeg_images(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
 
 def label_pass(computer, blobs: list[bytes], cfg: Config) -> dict[str, float]:
     """Seconds spent decoding, preparing and in the models for ``blobs``."""
-    from vlsa.data.image import decode_image
+    from vlsa.io.image import decode_image
     from vlsa.labels.compute import prepare
 
     t0 = time.perf_counter()

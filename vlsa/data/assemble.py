@@ -20,8 +20,8 @@ import torch
 
 from vlsa.config import Config, DataConfig, DecodeConfig, SSFTConfig
 from vlsa.data import ssft as ssft_mod
-from vlsa.data.image import ImageRejected, decode_image
-from vlsa.data.records import Record, RecordRejected, Turn, read_image_bytes
+from vlsa.io.image import ImageRejected, decode_image
+from vlsa.io.records import Record, RecordRejected, Turn, read_image_bytes
 from vlsa.data.templates import IGNORE_INDEX, ChatTemplate, Encoded, build_template, encode, label
 from vlsa.labels.shards import label_key
 from vlsa.model.encoding import CompressiveEncoder, recon_pixels

@@ -17,7 +17,7 @@ import torch
 
 from vlsa.config import Config, DataConfig
 from vlsa.data.assemble import SampleBuilder, geometry_from_config, load_image
-from vlsa.data.records import Record, RecordRejected, RejectStats, load_records
+from vlsa.io.records import Record, RecordRejected, RejectStats, load_records
 from vlsa.labels.shards import label_key
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from vlsa.config import SSFTConfig
-from vlsa.data.records import ASSISTANT, USER, Turn
+from vlsa.io.records import ASSISTANT, USER, Turn
 from vlsa.tokens import IMAGE_TOKEN, RGB_END, RGB_START, VQ_END, VQ_START, vq_code_token
 
 QUARTERS = ("upper left", "upper right", "lower left", "lower right")

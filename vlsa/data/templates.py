@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlsa.data.records import ASSISTANT, USER, RecordRejected, Turn
+from vlsa.io.records import ASSISTANT, USER, RecordRejected, Turn
 from vlsa.tokens import IMAGE_TOKEN
 
 IGNORE_INDEX = -100

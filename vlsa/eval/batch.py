@@ -80,7 +80,7 @@ def log_to_mlflow(cfg: Config, run_name: str, params: dict[str, Any], metrics: d
     from mlflow.entities import Metric, Param
 
     from vlsa.eval.scorers._common import flatten_metrics
-    from vlsa.train import tracking
+    from vlsa.io import tracking
 
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     client = tracking.client(uri)

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 import torch
 
 from vlsa.config import Config, DecodeConfig, load_config
-from vlsa.data.records import USER, RecordRejected, Turn, read_image_bytes
+from vlsa.io.records import USER, RecordRejected, Turn, read_image_bytes
 from vlsa.data.templates import build_template
 from vlsa.io import storage
 from vlsa.tokens import IMAGE_TOKEN
@@ -195,7 +195,7 @@ class Answerer:
 
 def load_question_image(question: dict, image_root: str, decode: DecodeConfig):
     """(PIL image or None, rejection reason or "") of one question."""
-    from vlsa.data.image import ImageRejected, decode_image
+    from vlsa.io.image import ImageRejected, decode_image
 
     if question.get("image") is None:
         return None, ""

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vlsa.data.records import USER, Turn
+from vlsa.io.records import USER, Turn
 
 MODEL_NAME = "vlsa"
 CLASS_PATH = f"{__name__}.VLSALmms"

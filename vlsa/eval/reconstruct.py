@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlsa.config import DecodeConfig
-from vlsa.eval.grid import side_by_side
+from vlsa.io.grid import side_by_side
 from vlsa.io import storage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -155,7 +155,7 @@ def image_files(sources: list[str]) -> list[str]:
 
 def read_images(paths: list[str], decode: DecodeConfig) -> list[Image.Image]:
     """Safely decoded RGB images; an unreadable one is an error naming its path."""
-    from vlsa.data.image import ImageRejected, decode_image
+    from vlsa.io.image import ImageRejected, decode_image
 
     images = []
     for path in paths:

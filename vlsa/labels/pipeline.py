@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vlsa.config import Config, LabelConfig
-from vlsa.data.records import load_records
+from vlsa.io.records import load_records
 from vlsa.labels import progress as progress_lib
 from vlsa.labels.compute import LabelGeometry
 from vlsa.labels.schema import label_identity

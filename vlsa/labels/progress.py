@@ -101,7 +101,7 @@ def log_to_mlflow(cfg: Config, summary: dict[str, Any], params: dict[str, Any]) 
         return None
     from mlflow.entities import Param
 
-    from vlsa.train import tracking
+    from vlsa.io import tracking
 
     client = tracking.client(uri)
     exp_id = tracking.experiment_id(client, cfg.run.mlflow.experiment)

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlsa.data.records import Record
+from vlsa.io.records import Record
 from vlsa.io import storage
 from vlsa.labels.schema import (
     LABEL_SCHEMA,

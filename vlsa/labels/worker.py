@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from vlsa.config import DecodeConfig, config_from_dict
-from vlsa.data.image import ImageRejected, decode_image
-from vlsa.data.records import RecordRejected, read_image_bytes, safe_relative_path
+from vlsa.io.image import ImageRejected, decode_image
+from vlsa.io.records import RecordRejected, read_image_bytes, safe_relative_path
 from vlsa.io import storage
 from vlsa.labels.compute import LabelComputer, LabelGeometry, PreparedImage, prepare
 from vlsa.labels.schema import REJECT_SCHEMA

@@ -18,7 +18,7 @@ from typing import Callable
 from vlsa.config import Config, config_from_dict
 from vlsa.io import storage
 from vlsa.train import checkpoint as ckpt
-from vlsa.train import tracking
+from vlsa.io import tracking
 
 # Settings the workers need to reach S3 and MLflow when the driver has them; credentials included,
 # since a local Ray instance or a job's runtime environment may not pass them on otherwise.

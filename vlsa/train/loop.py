@@ -263,7 +263,7 @@ class StageRun:
     def _tracker(self, resumed: bool):
         if self.worker.rank != 0:
             return None
-        from vlsa.train.tracking import StageTracker
+        from vlsa.io.tracking import StageTracker
 
         tracker = StageTracker(self.job.tracking_uri, self.job.parent_run_id, self.stage.name)
         tracker.log_params({"total_steps": self.data.total_steps, "samples": len(self.data.dataset),
@@ -340,7 +340,7 @@ class StageRun:
         """
         if self.model.recon_head is None:
             return
-        from vlsa.eval.grid import side_by_side
+        from vlsa.io.grid import side_by_side
 
         batch = to_device(self._grid_batch(), self.worker.device)
         generator = torch.Generator(device=self.worker.device).manual_seed(self.cfg.train.seed)

@@ -46,7 +46,7 @@ def metric_columns(metric: str, found: set[str]) -> list[str]:
 
 def ablation_table(results, labels: list[str], metric: str) -> Table:
     """One row per variant in ``labels`` order: its status and the last value of each metric."""
-    from tune_spaces.points import VARIANT_KEY
+    from vlsa.tune.points import VARIANT_KEY
     from vlsa.tune.tracking import numeric_metrics
 
     by_label = {r.config[VARIANT_KEY]: r for r in results}
@@ -88,7 +88,7 @@ def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: Sequence[str] = 
                  command: str = "") -> dict[str, Any]:
     """Run grid ``grid`` over ``cfg`` on the current Ray cluster; write and log its table."""
     from tune_spaces import GRIDS, build_space
-    from vlsa.train import tracking
+    from vlsa.io import tracking
     from vlsa.tune.sweep import run_sweep
 
     labels = list(only) or list(GRIDS[grid](cfg))

@@ -27,7 +27,7 @@ class MLflowTrials(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
         from mlflow.entities import Metric
 
-        from vlsa.train import tracking
+        from vlsa.io import tracking
         from vlsa.tune.tracking import numeric_metrics
 
         run_id = self._run(trial)
@@ -44,7 +44,7 @@ class MLflowTrials(Callback):
         self._close(trial, ok=False)
 
     def _close(self, trial, ok: bool) -> None:
-        from vlsa.train import tracking
+        from vlsa.io import tracking
 
         run_id = self._run(trial)
         if run_id is not None:

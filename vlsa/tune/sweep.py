@@ -65,7 +65,7 @@ def with_demo_data(cfg: Config, folder: str) -> Config:
 
 def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
     """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``."""
-    from tune_spaces.points import sample_points
+    from vlsa.tune.points import sample_points
     from vlsa.tune.trial import apply_point
 
     for point in sample_points(space, samples):
@@ -120,7 +120,7 @@ def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, call
     keeps the settings and callbacks it started with, and runs the trials with the new base config)."""
     from ray import tune
 
-    from vlsa.train.tracking import tracking_uri
+    from vlsa.io.tracking import tracking_uri
     from vlsa.tune.callback import MLflowTrials
 
     path = sweep_path(cfg, name)
@@ -148,7 +148,7 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
     raises :class:`SweepInterrupted`; running the sweep again reruns only the trials that did not
     finish. ``callbacks``: extra Tune callbacks (a restored sweep keeps those it started with).
     """
-    from vlsa.train import tracking
+    from vlsa.io import tracking
     from vlsa.tune.tracking import open_sweep_run
 
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
@@ -207,7 +207,7 @@ def log_best(uri: str, outcome: SweepOutcome) -> None:
     """The best point and its metrics on the sweep's run, with the count of failed trials."""
     from mlflow.entities import Metric, RunTag
 
-    from vlsa.train import tracking
+    from vlsa.io import tracking
     from vlsa.tune.tracking import numeric_metrics
 
     tags = [RunTag(f"best.{k}", tracking.redact(k, v)) for k, v in flatten(outcome.best_point).items()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlsa.train import tracking
+from vlsa.io import tracking
 
 SWEEP_TAG = "vlsa.sweep"
 TRIAL_TAG = "vlsa.trial"

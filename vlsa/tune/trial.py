@@ -82,7 +82,7 @@ def held_out_metrics(cfg: Config, run: str) -> dict[str, float]:
     """
     from vlsa.data.demo import DemoPaths
     from vlsa.train import checkpoint as ckpt
-    from vlsa.train.default_run import evaluate
+    from vlsa.recipes.demo import evaluate
 
     final = ckpt.latest_complete(run)
     if final is None or not final.final or final.stage_index != len(cfg.train.stages) - 1:
@@ -100,7 +100,7 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, s
     import ray.tune
 
     from vlsa.train import checkpoint as ckpt
-    from vlsa.train import tracking
+    from vlsa.io import tracking
     from vlsa.train.driver import build_trainer, resolve
     from vlsa.train.loop import JobInfo
     from vlsa.tune.tracking import open_trial_run

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlsa.eval.grid import side_by_side, to_uint8
+from vlsa.io.grid import side_by_side, to_uint8
 
 
 def test_each_image_sits_left_of_its_reconstruction():

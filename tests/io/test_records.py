@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlsa.config import DecodeConfig
 from vlsa.data.assemble import load_image
-from vlsa.data.records import (
+from vlsa.io.records import (
     RecordRejected,
     RejectStats,
     TooManyRejected,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import vlsa
-from vlsa.train import tracking
+from vlsa.io import tracking
 
 
 def test_config_params_are_flat_and_complete():

@@ -72,7 +72,7 @@ def evaluate(cfg: Config, checkpoint: str, paths) -> dict:
 
 def log_evaluation(outcome, result: dict, seconds: dict[str, float]) -> None:
     """Held-out metrics and the answer file on the job's MLflow run."""
-    from vlsa.train import tracking
+    from vlsa.io import tracking
 
     metrics = {"eval_accuracy": result["model"]["accuracy"], "eval_blind_accuracy": result["blind"]["accuracy"]}
     metrics |= {f"eval_accuracy/{kind}": acc for kind, acc in result["model"]["per_type"].items()}

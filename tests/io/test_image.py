@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vlsa.config import DecodeConfig
-from vlsa.data.image import ImageRejected, decode_image
+from vlsa.io.image import ImageRejected, decode_image
 
 CFG = DecodeConfig()
 
