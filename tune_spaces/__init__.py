@@ -1,7 +1,8 @@
 """Search spaces and ablation grids, keyed by the dotted config paths the presets use.
 
 ``SPACES[name](cfg)`` is a Ray Tune ``param_space`` for the base config ``cfg``;
-``GRIDS[name](cfg)`` is ``{row label: {dotted path: value}}`` for ``python -m vlsa.tune.ablate``.
+``GRIDS[name](cfg)`` is ``{row label: {dotted path: value}}`` for ``ray_jobs/ablate.py``.
+The machinery that turns points into Tune spaces is ``vlsa.tune.points``; this package holds spaces only.
 Ray is imported only when a space is built.
 """
 

@@ -15,13 +15,13 @@ from vlsa.data.demo import (
     ANSWERS,
     COLORS,
     COUNTS,
-    blind_baseline,
     generate_demo,
     load_eval,
     resolve_data,
     resolve_eval,
 )
 from vlsa.io.records import load_records
+from vlsa.eval.demo import blind_baseline
 from vlsa.eval.scorers.demo import score_demo
 
 

@@ -2,7 +2,7 @@
 Train run scored on the held-out demo split.
 
 The sweep is interrupted (SIGINT, as Ctrl+C) when the second variant reports its first step, after
-the first variant finished. ``python -m vlsa.tune.ablate`` then continues it and writes the table;
+the first variant finished. ``ray_jobs/ablate.py`` then continues it and writes the table;
 finally ``ray_jobs/tune.py`` is re-run on the finished sweep. The tests check each contract on what
 that left in Tune's state, MLflow and the table files.
 """
@@ -27,7 +27,6 @@ from tune_spaces import build_space
 from vlsa.config import load_config
 from vlsa.io import tracking as train_tracking
 from vlsa.train.step import LOSS_KEYS
-from vlsa.tune import ablate
 from vlsa.tune.sweep import SweepInterrupted, run_sweep
 from vlsa.tune.tracking import ATTEMPTS_TAG, trial_runs
 
@@ -71,9 +70,9 @@ class Scenario:
     """What re-running ``ray_jobs/tune.py`` on the finished sweep returned."""
 
 
-def tune_job():
-    """``ray_jobs/tune.py`` as a module (the folder holds entry scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("tune_job", REPO / "ray_jobs" / "tune.py")
+def tune_job(name: str = "tune"):
+    """``ray_jobs/<name>.py`` as a module (the folder holds entry scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "ray_jobs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -116,7 +115,7 @@ def scenario(tmp_path_factory, local_ray, mlflow_server, cache_dir) -> Scenario:
 
     only = [arg for row in ROWS for arg in ("--only", row)]
     argv = ["--grid", "tab5", "--config", "tiny", "--out", str(root / "tables"), *only, *overrides]
-    ablation = ablate.main(argv)
+    ablation = tune_job("ablate").main(argv)
     tags = client.get_run(sweep_run_id).data.tags
     rerun = tune_job().main(["--space", "tab5", "--config", "tiny", *only, *overrides])
     return Scenario(uri, root / "tables", argv, interrupted, sweep_run_id, after, stages, ablation, tags, rerun)
@@ -172,7 +171,7 @@ def test_the_ablation_table_has_one_row_per_variant_and_is_logged_with_its_comma
     for row, run in zip(table, [by_variant(scenario.uri, scenario.sweep_run_id)[v] for v in ROWS]):
         assert float(row["eval_accuracy"]) == pytest.approx(run.data.metrics["eval_accuracy"])
         assert 0.0 < float(row["loss"]) < 20.0
-    command = shlex.join([*ablate.PROGRAM.split(), *scenario.ablate_argv])
+    command = shlex.join([*tune_job("ablate").PROGRAM.split(), *scenario.ablate_argv])
     markdown = (out / "tab5.md").read_text()
     assert f"Command: `{command}`" in markdown
     lines = [line for line in markdown.splitlines() if line.startswith("| ")]

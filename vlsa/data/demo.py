@@ -3,8 +3,8 @@
 Each image (random size and aspect ratio) shows 1-4 shapes of one colour and one kind on a grey
 background. Questions ask for the colour, the shape, the count, or (single shapes only) the
 position, each answered with one short word. Answers are balanced per question type, so the best
-image-blind policy (the most frequent answer of each question type, ``blind_baseline``) scores about
-one in four, while a model that sees the image can score far higher.
+image-blind policy (the most frequent answer of each question type) scores about
+one in four (``vlsa.eval.demo.blind_baseline``), while a model that sees the image can score far higher.
 
 ``generate_demo`` writes::
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlsa.config import DataConfig, DemoConfig, EvalConfig
-from vlsa.eval.scorers.demo import demo_normalize, score_demo
 from vlsa.tokens import IMAGE_TOKEN
 
 COLORS = {"red": (215, 45, 45), "green": (40, 170, 60), "blue": (45, 85, 215), "yellow": (230, 205, 35)}
@@ -291,30 +289,3 @@ def question_kind(text: str) -> str | None:
     """The question type of a demo question (placeholder and answer-format hint ignored)."""
     first = text.replace(IMAGE_TOKEN, "").replace(SHORT, "").strip()
     return next((kind for kind, forms in QUESTIONS.items() if first in forms), None)
-
-
-def blind_policy(train_file: str) -> dict[str, str]:
-    """The best image-blind policy: the most frequent (normalised) training answer per question type."""
-    answers: dict[str, Counter] = {kind: Counter() for kind in QUESTIONS}
-    for record in json.loads(Path(train_file).read_text()):
-        turns = record["conversations"]
-        for human, gpt in zip(turns[::2], turns[1::2]):
-            kind = question_kind(human["value"])
-            if kind:
-                answers[kind][demo_normalize(gpt["value"])] += 1
-    return {kind: c.most_common(1)[0][0] for kind, c in answers.items() if c}
-
-
-def blind_baseline(train_file: str, eval_file: str) -> dict:
-    """Held-out accuracy of ``blind_policy``, scored by the ``demo`` benchmark scorer.
-
-    Returns ``score_demo``'s dict (``accuracy``, ``per_type``, ``n``) plus ``policy`` (type -> answer)
-    and ``chance`` (mean of 1/#answers).
-    """
-    policy = blind_policy(train_file)
-    questions = load_eval(eval_file)
-    answers = [{"question_id": q["question_id"], "text": policy.get(q["category"], "")} for q in questions]
-    result = score_demo(answers, questions)
-    result["policy"] = policy
-    result["chance"] = float(np.mean([1 / len(ANSWERS[q["category"]]) for q in questions]))
-    return result

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from vlsa.config import Config, config_from_dict, load_config
+from vlsa.eval.demo import evaluate
 
 DEMO_DIR = "demo_data"
 # Two single-CPU workers (data-parallel ZeRO over gloo) use a 2-core laptop better than one worker
@@ -50,24 +51,6 @@ def prepare_data(cfg: Config, root: Path):
             stage_data["labels"] = labels_dir(cfg, root, stage_data["train"])
             run_labeling(cfg, stage_data["train"], stage_data["image_root"], stage_data["labels"])
     return config_from_dict(data), paths
-
-
-def evaluate(cfg: Config, checkpoint: str, paths) -> dict:
-    """Held-out accuracy of the trained model and of the best image-blind policy (demo scorer)."""
-    from vlsa.data.demo import blind_baseline
-    from vlsa.eval.infer import Answerer, answer_questions, read_questions
-    from vlsa.eval.score import score
-    from vlsa.model.builder import build_model
-    from vlsa.train.checkpoint import load_weights
-
-    model = build_model(cfg)
-    model.load_state_dict(load_weights(checkpoint), strict=True)
-    answerer = Answerer(model, template=cfg.eval.template, max_new_tokens=cfg.eval.max_new_tokens, model_id="vlsa-tiny")
-    questions = read_questions(paths.eval)
-    rows = answer_questions(answerer, questions, paths.image_root, batch_size=cfg.eval.batch_size,
-                            decode=cfg.label.decode)
-    blind = blind_baseline(cfg.train.stages[-1].data.train, paths.eval)
-    return {"model": score("demo", rows, questions), "blind": blind, "answers": rows}
 
 
 def log_evaluation(outcome, result: dict, seconds: dict[str, float]) -> None:

@@ -1,6 +1,6 @@
-"""Ablation tables: run a named grid (``tune_spaces.GRIDS``) as a sweep and tabulate its variants.
+"""Ablation tables: run a named grid (one of ``tune_spaces.GRIDS``) as a sweep and tabulate its variants.
 
-    python -m vlsa.tune.ablate --grid tab5 --config C [--out DIR] [--only LABEL ...] [key=value ...]
+    python ray_jobs/ablate.py --grid tab5 --config C [--out DIR] [--only LABEL ...] [key=value ...]
 
 Writes ``<DIR>/<grid>.md`` and ``<DIR>/<grid>.csv`` (one row per variant, one column per metric) and
 logs both to the sweep's MLflow run, with the command that produced them. Re-running the same
@@ -9,21 +9,16 @@ command continues an interrupted ablation: finished variants are not trained aga
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsa.config import Config, load_config
-from vlsa.ray_session import add_num_cpus_argument, ray_session
+from vlsa.config import Config
+from vlsa.tune.points import named_grid, select_points
 
-PROGRAM = "python -m vlsa.tune.ablate"
 EXTRA_METRICS = ("eval_accuracy", "eval_blind_accuracy")
 """Columns after the training losses, when the trials measured them."""
 
@@ -84,15 +79,16 @@ def to_csv(table: Table) -> str:
     return out.getvalue()
 
 
-def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: Sequence[str] = (), name: str = "",
-                 command: str = "") -> dict[str, Any]:
-    """Run grid ``grid`` over ``cfg`` on the current Ray cluster; write and log its table."""
-    from tune_spaces import GRIDS, build_space
+def run_ablation(cfg: Config, grid: str, points: dict[str, dict[str, Any]], out_dir: str, *,
+                 only: Sequence[str] = (), name: str = "", command: str = "") -> dict[str, Any]:
+    """Run grid ``grid`` (its ``points``: ``{label: {dotted path: value}}``) over ``cfg`` on the current Ray
+    cluster; write and log its table."""
     from vlsa.io import tracking
     from vlsa.tune.sweep import run_sweep
 
-    labels = list(only) or list(GRIDS[grid](cfg))
-    outcome = run_sweep(cfg, build_space(grid, cfg, only), name or f"{cfg.run.name}-{grid}", command=command)
+    labels = list(only) or list(points)
+    space = select_points(named_grid(points), labels) if only else named_grid(points)
+    outcome = run_sweep(cfg, space, name or f"{cfg.run.name}-{grid}", command=command)
     table = ablation_table(outcome.results, labels, cfg.tune.metric)
     texts = {f"{grid}.md": to_markdown(table, f"Ablation {grid} ({cfg.preset})", command),
              f"{grid}.csv": to_csv(table)}
@@ -103,40 +99,3 @@ def run_ablation(cfg: Config, grid: str, out_dir: str, *, only: Sequence[str] = 
         mlflow_client.log_text(outcome.run_id, text, f"ablation/{file_name}")
     return {"markdown": str(Path(out_dir) / f"{grid}.md"), "csv": str(Path(out_dir) / f"{grid}.csv"),
             "mlflow_run_id": outcome.run_id, "failed": [row[0] for row in table.rows if row[1] != "OK"]}
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    from tune_spaces import GRIDS
-
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", required=True, choices=sorted(GRIDS))
-    parser.add_argument("--config", default="tiny", help="preset name or YAML path (default: tiny)")
-    parser.add_argument("--out", default="ablations", help="folder of the Markdown and CSV tables")
-    parser.add_argument("--only", action="append", default=[], metavar="LABEL",
-                        help="run only this variant (repeatable; default: every variant of the grid)")
-    parser.add_argument("--name", default="", help="sweep name (default: <run.name>-<grid>)")
-    add_num_cpus_argument(parser)
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.stages.0.max_steps=10")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """The command line; prints where the tables went as one JSON line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    with ray_session(args.num_cpus):
-        summary = run_ablation(cfg, args.grid, args.out, only=args.only, name=args.name,
-                               command=shlex.join([*PROGRAM.split(), *argv]))
-    print(json.dumps(summary, sort_keys=True), flush=True)
-    return summary
-
-
-if __name__ == "__main__":
-    from vlsa.tune.sweep import SweepInterrupted
-
-    try:
-        sys.exit(1 if main()["failed"] else 0)
-    except SweepInterrupted as err:  # Ctrl+C: the state is saved, say how to continue
-        sys.exit(f"interrupted: {err}")

@@ -82,7 +82,7 @@ def held_out_metrics(cfg: Config, run: str) -> dict[str, float]:
     """
     from vlsa.data.demo import DemoPaths
     from vlsa.train import checkpoint as ckpt
-    from vlsa.recipes.demo import evaluate
+    from vlsa.eval.demo import evaluate
 
     final = ckpt.latest_complete(run)
     if final is None or not final.final or final.stage_index != len(cfg.train.stages) - 1:
