@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlsa.bench import flops, variants
 from vlsa.bench.batch import synthetic_batch
 from vlsa.config import load_config
+from vlsa.model import geometry
 
 # vision: 16 px, patch 8 -> l = 4 patches (+ CLS), width 8, 2 layers (select_layer -2: 1 gets gradients)
 # LLM: width 16, 2 heads x 8, 1 KV head, FFN 32, 1 layer, vocabulary 40
@@ -101,7 +102,7 @@ def test_counter_matches_the_hand_count():
 
 def test_anyres_counts_every_tile_in_the_llm():
     dims = flops.ModelDims.from_config(variants.anyres_config(load_config("tiny", SMALL)), vocab_size=40)
-    assert flops.visual_tokens(dims.projector, 4, 4) == 20  # (m + 1) l
+    assert geometry.visual_tokens(dims.projector, 4, 4) == 20  # (m + 1) l
     parts = flops.count(dims, WORK, {"vision", "projector", "llm"}).by_part()
     assert set(parts) == {"vision", "projector", "llm"}
     assert parts["projector"] == 3 * 2 * 2 * 20 * (8 * 16 + 16 * 16)  # k * 2 * B * (1+m) l (dD + D^2)

@@ -16,10 +16,10 @@ from vlsa.labels.compute import (
     prepare,
     split_quarters,
     to_unit_range,
-    vision_input_side,
 )
 from vlsa.labels.schema import latent_array, pixels_array, vq_array
 from vlsa.model.encoding import lowres_rgb, recon_pixels
+from vlsa.model.geometry import vision_input_side
 
 
 def _images() -> list[Image.Image]:
@@ -99,9 +99,9 @@ def test_vision_input_side_from_a_saved_vision_config(tmp_path, cache_dir):
 
     CLIPVisionConfig(image_size=48, patch_size=8).save_pretrained(tmp_path / "vision")
     CLIPConfig(vision_config={"image_size": 56, "patch_size": 8}).save_pretrained(tmp_path / "clip")
-    assert vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'vision'}")) == 48
-    assert vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'clip'}")) == 56
+    assert vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'vision'}").model) == 48
+    assert vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'clip'}").model) == 56
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "clip_vision_model"}))
     with pytest.raises(ValueError, match="no `image_size`"):
-        vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'bad'}"))
+        vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'bad'}").model)

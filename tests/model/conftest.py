@@ -21,9 +21,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_model(cache_dir):
+def tiny_cfg(cache_dir):
+    """The run config the shared model is built from (the model keeps only its ``model`` section)."""
+    return tiny_config(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
     """The shared tiny VLSA model; tests that change it work on ``copy.deepcopy``."""
-    return vlsa.build_model(tiny_config(cache_dir)).eval()
+    return vlsa.build_model(tiny_cfg).eval()
 
 
 @pytest.fixture

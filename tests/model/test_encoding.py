@@ -61,7 +61,7 @@ def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_anyres(tiny_model, 
 def test_other_projectors_token_counts(tiny_model, kind):
     from vlsa.model.projectors import build_projector
 
-    cfg = tiny_model.config.model.projector
+    cfg = tiny_model.config.projector
     proj = build_projector(type(cfg)(type=kind, heads=cfg.heads), 64, 128, num_patches=16)
     v_lo, v_hi = torch.randn(2, 16, 64), torch.randn(2, 4 * 16, 64)
     mask = torch.ones(2, 64, dtype=torch.bool)

@@ -25,7 +25,7 @@ def test_export_has_no_auxiliary_modules(exported):
     assert not [type(m).__name__ for m in model.modules() if isinstance(m, aux)]
     weights = sorted(p.name for p in out.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"})
     assert weights == ["model.safetensors", "model.safetensors", "projector.safetensors"]
-    assert not model.config.model.recon.enabled
+    assert not model.config.recon.enabled
 
 
 def test_same_logits_as_the_full_model(tiny_model, exported, two_image_batch):

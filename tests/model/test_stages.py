@@ -28,8 +28,8 @@ def test_stage1_trains_perceiver_epigone_denoiser_only(fresh_model, two_image_ba
     assert not any(p.requires_grad for p in fresh_model.language_model.parameters())
 
 
-def test_stage2_trains_everything_but_the_vae(fresh_model, two_image_batch):
-    apply_stage(fresh_model, fresh_model.config.train.stages[1])
+def test_stage2_trains_everything_but_the_vae(tiny_cfg, fresh_model, two_image_batch):
+    apply_stage(fresh_model, tiny_cfg.train.stages[1])
     got = grads_by_module(fresh_model, two_image_batch)
     assert got == dict.fromkeys(["vision", "projector", "llm", "epigone", "denoiser"], True)
     assert not any(p.requires_grad for p in fresh_model.recon_head.vae.parameters())
@@ -52,11 +52,11 @@ def test_param_groups_carry_table7_learning_rates(fresh_model):
         assert not vae & set(in_groups)
 
 
-def test_loss_weights_follow_the_stage(fresh_model, two_image_batch):
+def test_loss_weights_follow_the_stage(tiny_cfg, fresh_model, two_image_batch):
     fresh_model.train()
     torch.manual_seed(0)
     base = fresh_model(**two_image_batch)
-    stage = fresh_model.config.train.stages[0]
+    stage = tiny_cfg.train.stages[0]
     stage.w_lm, stage.w_rec = 0.5, 3.0
     apply_stage(fresh_model, stage)
     torch.manual_seed(0)

@@ -16,9 +16,9 @@ def losses(model, batch, seed: int = 123) -> tuple[float, float]:
     return float(out.loss_lm), float(out.loss_rec)
 
 
-def test_a_few_steps_lower_lm_and_reconstruction_loss(fresh_model, two_image_batch):
+def test_a_few_steps_lower_lm_and_reconstruction_loss(tiny_cfg, fresh_model, two_image_batch):
     torch.manual_seed(0)
-    groups = apply_stage(fresh_model, fresh_model.config.train.stages[1])  # everything trainable
+    groups = apply_stage(fresh_model, tiny_cfg.train.stages[1])  # everything trainable
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     lm0, rec0 = losses(fresh_model, two_image_batch)
     fresh_model.train()

@@ -20,11 +20,11 @@ printed report can be checked by hand.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 
 from vlsa.config import ComponentConfig, Config, ProjectorConfig
-from vlsa.io import storage
+from vlsa.model import geometry
+from vlsa.model.geometry import component_config, vision_config
 
 GATED_LLMS = ("llama", "mistral", "qwen2", "qwen3")  # SwiGLU MLP: gate, up and down projections
 
@@ -123,27 +123,11 @@ class ModelDims:
                    denoiser, model.recon.conditioning)
 
 
-def _config_dict(part: ComponentConfig, name: str) -> dict:
-    """``init`` or the part's saved ``config.json`` (local folder or ``s3://``)."""
-    if part.init:
-        return dict(part.init)
-    if not part.path:
-        raise ValueError(f"{name}: neither `init` nor `path` is set")
-    folder = storage.join(part.path, part.subfolder) if part.subfolder else part.path
-    uri = storage.join(folder, "config.json")
-    try:
-        return json.loads(storage.read_bytes(uri))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{name}: cannot read its config at {uri!r} ({err}); "
-                         "FLOP counting needs a local or s3:// copy") from None
-
-
 def _vision_dims(cfg: Config) -> VisionDims:
     from transformers import CLIPVisionConfig, SiglipVisionConfig
 
     part = cfg.model.vision
-    data = _config_dict(part, "model.vision")
-    data = data.get("vision_config", data)  # a full CLIP / SigLIP config nests the vision part
+    data = vision_config(cfg.model)
     c = (CLIPVisionConfig if part.kind == "clip" else SiglipVisionConfig)(**data)
     layers = c.num_hidden_layers
     sel = part.select_layer
@@ -155,7 +139,7 @@ def _vision_dims(cfg: Config) -> VisionDims:
 def _llm_dims(part, vocab_size: int) -> LLMDims:
     from transformers import AutoConfig
 
-    data = _config_dict(part, "model.llm")
+    data = component_config(part, "model.llm")
     kind = data.pop("model_type", "")
     if kind not in GATED_LLMS:
         raise ValueError(f"model.llm: FLOP counting knows model types {GATED_LLMS}, got {kind!r}")
@@ -170,7 +154,7 @@ def _diffusers_config(part: ComponentConfig, cls, name: str) -> dict:
     """The part's config over the class's constructor defaults."""
     defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
-    return defaults | _config_dict(part, name)
+    return defaults | component_config(part, name)
 
 
 def _denoiser_dims(cfg: Config) -> DenoiserDims:
@@ -258,13 +242,6 @@ def vision_part(v: VisionDims, work: Workload) -> Part:
                 products_bwd=views * v.used_layers * attn)
 
 
-def visual_tokens(p: ProjectorConfig, l: int, tiles: int) -> int:
-    """Visual tokens the LLM receives for one image of ``tiles`` tiles (matches each projector's token_count)."""
-    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "anyres": (tiles + 1) * l, "qformer": p.num_queries or l,
-              "pixel_unshuffle": (tiles + 1) * l // 4}
-    return counts[p.type]
-
-
 def cue_tokens(p: ProjectorConfig, l: int) -> int:
     """n_c: tokens of the denoiser cue per image (V for the SA-Perceiver, the base view for baselines)."""
     return {"qformer": p.num_queries or l, "pixel_unshuffle": l // 4}.get(p.type, l)
@@ -324,7 +301,7 @@ def projector_part(dims: ModelDims, work: Workload) -> Part:
 def llm_part(dims: ModelDims, work: Workload) -> Part:
     """The LLM over B sequences of T = visual + text tokens: 2NT + 4 L T^2 H d_h per sequence."""
     lm = dims.llm
-    T = visual_tokens(dims.projector, dims.vision.patches, work.tiles) + work.text_tokens
+    T = geometry.visual_tokens(dims.projector, dims.vision.patches, work.tiles) + work.text_tokens
     head_tokens = T if work.logits_all else 1
     N = lm.params_per_token
     dense = N * T - lm.width * lm.vocab * (T - head_tokens)  # the LM head only where logits are taken

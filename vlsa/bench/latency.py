@@ -46,9 +46,9 @@ def prefill_fn(model, side: int, device: torch.device):
     ids = torch.tensor([[model.image_token_id]], device=device)
     ones, counts = torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device)
     tokens = model.token_count(pixel_hi.shape[1])
-    if tokens > model.config.model.llm.max_length:
+    if tokens > model.config.llm.max_length:
         raise ValueError(f"latency at {side}px: {tokens} visual tokens exceed model.llm.max_length "
-                         f"{model.config.model.llm.max_length}")
+                         f"{model.config.llm.max_length}")
 
     @torch.inference_mode()
     def run_once():
@@ -63,9 +63,9 @@ def measure(cfg: Config, device: torch.device) -> list[dict]:
     """One row per resolution: tokens, median latency, FLOPs of each variant, and the ratios."""
     dtype, bench = dtype_for(cfg, device), cfg.bench
     cap = max(g * g for g in bench.latency_grids)
-    models = {name: build_model_on(variants.inference_config(_with_tile_cap(make(cfg), cap)), device, dtype).eval()
-              for name, make in VARIANTS}
-    dims = {name: flops.ModelDims.from_config(m.config, len(m.tokenizer)) for name, m in models.items()}
+    configs = {name: variants.inference_config(_with_tile_cap(make(cfg), cap)) for name, make in VARIANTS}
+    models = {name: build_model_on(c, device, dtype).eval() for name, c in configs.items()}
+    dims = {name: flops.ModelDims.from_config(configs[name], len(m.tokenizer)) for name, m in models.items()}
     rows = []
     for g in bench.latency_grids:
         side = g * next(iter(models.values())).image_size

@@ -25,6 +25,7 @@ from vlsa.io.records import Record, RecordRejected, Turn, read_image_bytes
 from vlsa.data.templates import IGNORE_INDEX, ChatTemplate, Encoded, build_template, encode, label
 from vlsa.labels.shards import label_key
 from vlsa.model.encoding import CompressiveEncoder, recon_pixels
+from vlsa.model.geometry import config_token_count, vision_input_side
 from vlsa.tokens import IMAGE_TOKEN
 
 SSFT_ATTEMPTS = 4
@@ -256,12 +257,10 @@ def _runs(ids: list[int], token: int) -> int:
 
 def geometry_from_config(cfg: Config, model=None) -> Geometry:
     """Assembly sizes from a built model (exact) or, without one, from the config's vision part."""
-    from vlsa.labels.compute import vision_input_side
-
     if model is not None:
         image_size, visual = model.image_size, model.token_count
     else:
-        image_size, visual = vision_input_side(cfg), config_token_count(cfg)
+        image_size, visual = vision_input_side(cfg.model), config_token_count(cfg.model)
     return Geometry(
         image_size=image_size,
         max_tiles=cfg.model.encoding.max_tiles,
@@ -271,33 +270,3 @@ def geometry_from_config(cfg: Config, model=None) -> Geometry:
         recon_size=cfg.model.recon.image_size,
         vq_image_size=cfg.model.vq_image_size,
     )
-
-
-def config_token_count(cfg: Config) -> Callable[[int], int]:
-    """Visual tokens per image as the configured projector gives them (no model needed)."""
-    from vlsa.labels.compute import vision_input_side
-
-    patch = _vision_patch_size(cfg)
-    l = (vision_input_side(cfg) // patch) ** 2
-    kind, queries = cfg.model.projector.type, cfg.model.projector.num_queries
-    per_kind = {
-        "sa_perceiver": lambda m: l,
-        "mlp2x_gelu": lambda m: l,
-        "anyres": lambda m: (m + 1) * l,
-        "qformer": lambda m: queries or l,
-        "pixel_unshuffle": lambda m: (m + 1) * l // 4,
-    }
-    return per_kind[kind]
-
-
-def _vision_patch_size(cfg: Config) -> int:
-    part = cfg.model.vision
-    if not part.path:
-        return int(part.init["patch_size"])
-    from transformers import AutoConfig
-
-    from vlsa.io import storage
-
-    source = str(storage.local_copy(part.path, cfg.model.cache_dir)) if storage.is_s3(part.path) else part.path
-    config = AutoConfig.from_pretrained(source, subfolder=part.subfolder or "")
-    return int(getattr(config, "vision_config", config).patch_size)

@@ -12,7 +12,6 @@ and is what small in-process runs use, so the two paths are the same code.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -21,8 +20,8 @@ import torch
 from PIL import Image
 
 from vlsa.config import Config
-from vlsa.io import storage
 from vlsa.model.encoding import lowres_rgb, recon_pixels
+from vlsa.model.geometry import vision_input_side
 
 
 @dataclass(frozen=True)
@@ -39,26 +38,7 @@ class LabelGeometry:
     @classmethod
     def from_config(cls, cfg: Config) -> "LabelGeometry":
         """The geometry of ``cfg``."""
-        return cls(vision_input_side(cfg), cfg.model.vq_image_size, cfg.model.recon.image_size)
-
-
-def vision_input_side(cfg: Config) -> int:
-    """The vision tower's input side, from its ``init`` dict or its saved ``config.json``."""
-    part = cfg.model.vision
-    if not part.path:
-        if "image_size" not in part.init:
-            raise ValueError(f"model.vision.init has no `image_size`; keys: {sorted(part.init)}")
-        return int(part.init["image_size"])
-    if storage.is_s3(part.path):
-        data = json.loads(storage.read_bytes(storage.join(part.path, part.subfolder, "config.json")))
-    else:
-        from transformers import PretrainedConfig
-
-        data, _ = PretrainedConfig.get_config_dict(part.path, subfolder=part.subfolder)
-    vision = data.get("vision_config", data)  # a full CLIP / SigLIP config nests the vision part
-    if "image_size" not in vision:
-        raise ValueError(f"vision config at {part.path!r} has no `image_size`; keys: {sorted(vision)}")
-    return int(vision["image_size"])
+        return cls(vision_input_side(cfg.model), cfg.model.vq_image_size, cfg.model.recon.image_size)
 
 
 @dataclass

@@ -22,6 +22,12 @@ import torch
 
 from vlsa.config import ComponentConfig, Config
 from vlsa.io import storage
+from vlsa.model.epigone import Epigone
+from vlsa.model.geometry import component_config, num_patches
+from vlsa.model.projectors import build_projector
+from vlsa.model.reconstruction import ReconstructionHead
+from vlsa.model.tokenizer import build_tokenizer
+from vlsa.model.vlm import VLSAModel
 
 
 def load_component(part: ComponentConfig, cls: type, *, name: str, cache_dir: str, seed: int) -> Any:
@@ -30,8 +36,7 @@ def load_component(part: ComponentConfig, cls: type, *, name: str, cache_dir: st
     ``cls`` is a transformers model class (an ``Auto*`` class too) or a diffusers ``ModelMixin``.
     """
     if part.path:
-        source = str(storage.local_copy(part.path, cache_dir)) if storage.is_s3(part.path) else part.path
-        return _from_pretrained(cls, source, part.subfolder)
+        return _from_pretrained(cls, str(storage.local_copy(part.path, cache_dir)), part.subfolder)
     if not part.init:
         raise ValueError(f"model part {name!r} has neither a `path` nor an `init` config")
     return _from_pretrained(cls, str(_tiny_dir(part.init, cls, name=name, cache_dir=cache_dir, seed=seed)), "")
@@ -149,9 +154,6 @@ def build_denoiser(cfg: Config):
 
 def build_recon_head(cfg: Config, llm_dim: int):
     """Epigone + SD3 denoiser + frozen VAE, sized from the denoiser's own config."""
-    from vlsa.model.epigone import Epigone
-    from vlsa.model.reconstruction import ReconstructionHead
-
     recon = cfg.model.recon
     denoiser, vae = build_denoiser(cfg), build_vae(cfg)
     epigone = Epigone(llm_dim, cfg.model.epigone.rank, denoiser.config.joint_attention_dim, denoiser.config.pooled_projection_dim)
@@ -165,27 +167,35 @@ def vq_code_count(cfg: Config) -> int:
     """Codebook size of the VQ-VAE when VQ targets are single tokens (``ssft.vq_encoding=tokens``), else 0."""
     if not any(s.data.ssft.vq_encoding == "tokens" and s.data.ssft.p_vq > 0 for s in cfg.train.stages):
         return 0
-    part = cfg.model.vq
-    if part.init:
-        if "num_vq_embeddings" not in part.init:
-            raise ValueError(f"ssft.vq_encoding=tokens needs model.vq.init.num_vq_embeddings; init has {sorted(part.init)}")
-        return int(part.init["num_vq_embeddings"])
-    from diffusers import VQModel
-
-    source = str(storage.local_copy(part.path, cfg.model.cache_dir)) if storage.is_s3(part.path) else part.path
-    kwargs = {"subfolder": part.subfolder} if part.subfolder else {}
-    return int(VQModel.load_config(source, **kwargs)["num_vq_embeddings"])
+    vq = component_config(cfg.model.vq, "model.vq")
+    if "num_vq_embeddings" not in vq:
+        raise ValueError(f"ssft.vq_encoding=tokens needs model.vq's num_vq_embeddings; its config has {sorted(vq)}")
+    return int(vq["num_vq_embeddings"])
 
 
 def build_model_tokenizer(cfg: Config):
     """The tokenizer of ``cfg`` with the project's special tokens (and VQ code tokens when used)."""
-    from vlsa.model.tokenizer import build_tokenizer
-
     return build_tokenizer(cfg.model.tokenizer, cfg.model.cache_dir, vq_codes=vq_code_count(cfg))
 
 
-def build_model(cfg: Config):
-    """The full ``VLSAModel`` of ``cfg`` with ``.tokenizer`` and ``.config`` attached."""
-    from vlsa.model.vlm import VLSAModel
+def build_model(cfg: Config) -> VLSAModel:
+    """The full ``VLSAModel`` of ``cfg`` (with ``.tokenizer``, and ``cfg.model`` as ``.config``): every part
+    through ``load_component``; the new modules (projector, Epigone) are seeded with ``model.seed``."""
+    tokenizer = build_model_tokenizer(cfg)
+    vision, llm = build_vision(cfg), build_llm(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.seed)
+        _fit_vocabulary(llm, tokenizer)
+        d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
+        projector = build_projector(cfg.model.projector, d, D, num_patches=num_patches(vision.config.image_size, vision.config.patch_size))
+        recon_head = build_recon_head(cfg, D) if cfg.model.recon.enabled else None
+    return VLSAModel(cfg.model, vision, projector, llm, tokenizer, recon_head)
 
-    return VLSAModel.from_config(cfg)
+
+def _fit_vocabulary(llm, tokenizer) -> None:
+    """Grow the LLM's embeddings to the tokenizer (special tokens were added) and align pad/eos ids."""
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+    llm.config.pad_token_id = tokenizer.pad_token_id
+    if llm.generation_config is not None:
+        llm.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vlsa.config import Config, ModelConfig, config_from_dict
 from vlsa.io import storage
+from vlsa.model.builder import build_model
 
 CONFIG_NAME = "vlsa_config.json"
 PROJECTOR_NAME = "projector.safetensors"
@@ -57,7 +58,7 @@ def export_inference_model(model, out_dir: str) -> Path | str:
     model.tokenizer.save_pretrained(tmp / "tokenizer")
     state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
     save_file(state, str(tmp / PROJECTOR_NAME))
-    (tmp / CONFIG_NAME).write_text(json.dumps({"model": inference_model_config(model.config.model)}, indent=2))
+    (tmp / CONFIG_NAME).write_text(json.dumps({"model": inference_model_config(model.config)}, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -68,14 +69,12 @@ def load_inference_model(path: str, cache_dir: str = "~/.cache/vlsa"):
     """A ``VLSAModel`` without VAE, denoiser, Epigone or VQ-VAE, from an exported folder or ``s3://`` prefix."""
     from safetensors.torch import load_file
 
-    from vlsa.model.vlm import VLSAModel
-
-    root = storage.local_copy(path, cache_dir) if storage.is_s3(path) else Path(path).expanduser()
+    root = storage.local_copy(path, cache_dir)
     data = json.loads((root / CONFIG_NAME).read_text())["model"]
     for part in ("vision", "llm", "tokenizer"):
         data[part]["path"] = str(root / data[part]["path"])
     # no stage trains anything here; the empty stage keeps the config valid without recon
     cfg: Config = config_from_dict({"model": data, "train": {"stages": [{"name": "inference", "lr": {}}]}})
-    model = VLSAModel.from_config(cfg)
+    model = build_model(cfg)
     model.projector.load_state_dict(load_file(str(root / PROJECTOR_NAME)))
     return model.eval()

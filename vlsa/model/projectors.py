@@ -23,6 +23,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from vlsa.config import ProjectorConfig
+from vlsa.model.geometry import visual_tokens
 from vlsa.model.perceiver import SAPerceiver
 
 
@@ -51,12 +52,12 @@ class PerceiverProjector(nn.Module):
 
     def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
         super().__init__()
-        self.num_patches = num_patches
+        self.cfg, self.num_patches = cfg, num_patches
         self.perceiver = SAPerceiver.from_config(cfg, d, D)
 
     def token_count(self, num_tiles: int) -> int:
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
-        return self.num_patches
+        return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
     def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
         V, P = self.perceiver(v_lo, v_hi, hi_mask)  # (N, l, D), (N, D)
@@ -68,12 +69,12 @@ class MLPProjector(nn.Module):
 
     def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
         super().__init__()
-        self.num_patches = num_patches
+        self.cfg, self.num_patches = cfg, num_patches
         self.mlp = mlp2x_gelu(d, D)
 
     def token_count(self, num_tiles: int) -> int:
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
-        return self.num_patches
+        return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
     def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
         x = self.mlp(v_lo)  # (N, l, D)
@@ -85,12 +86,12 @@ class AnyResProjector(nn.Module):
 
     def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
         super().__init__()
-        self.num_patches = num_patches
+        self.cfg, self.num_patches = cfg, num_patches
         self.mlp = mlp2x_gelu(d, D)
 
     def token_count(self, num_tiles: int) -> int:
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
-        return (num_tiles + 1) * self.num_patches
+        return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
     def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
         base, tiles = self.mlp(v_lo), self.mlp(v_hi)  # (N, l, D), (N, M*l, D)
@@ -104,7 +105,8 @@ class QFormerProjector(nn.Module):
 
     def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
         super().__init__()
-        n_q = cfg.num_queries or num_patches
+        self.cfg, self.num_patches = cfg, num_patches
+        n_q = visual_tokens(cfg, num_patches, 0)
         self.queries = nn.Parameter(torch.randn(n_q, d) * d**-0.5)
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
@@ -113,7 +115,7 @@ class QFormerProjector(nn.Module):
 
     def token_count(self, num_tiles: int) -> int:
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
-        return self.queries.shape[0]
+        return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
     def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
         q = self.norm_q(self.queries).unsqueeze(0).expand(v_hi.shape[0], -1, -1)  # (N, n_q, d)
@@ -132,13 +134,13 @@ class PixelUnshuffleProjector(nn.Module):
         side = math.isqrt(num_patches)
         if side * side != num_patches or side % 2:
             raise ValueError(f"pixel_unshuffle needs an even square patch grid, got l={num_patches} tokens")
-        self.num_patches, self.side = num_patches, side
+        self.cfg, self.num_patches, self.side = cfg, num_patches, side
         self.unshuffle = nn.PixelUnshuffle(2)
         self.mlp = mlp2x_gelu(4 * d, D)
 
     def token_count(self, num_tiles: int) -> int:
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
-        return (num_tiles + 1) * self.num_patches // 4
+        return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         """(V, l, d) views -> (V, l/4, 4d)."""

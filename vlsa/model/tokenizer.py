@@ -40,7 +40,7 @@ Provide the VQ indices that would represent the essential features of this image
 def tokenizer_source(cfg: TokenizerConfig, cache_dir: str) -> str:
     """The directory the tokenizer is loaded from (trained and saved here first for tiny runs)."""
     if cfg.path:
-        return str(storage.local_copy(cfg.path, cache_dir)) if storage.is_s3(cfg.path) else cfg.path
+        return str(storage.local_copy(cfg.path, cache_dir))
     key = hashlib.sha256(json.dumps([cfg.vocab_size, _CORPUS, tokens.SPECIAL_TOKENS]).encode()).hexdigest()[:12]
     target = Path(cache_dir).expanduser() / "tiny" / f"tokenizer-{key}"
     if not (target / "tokenizer.json").is_file():

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlsa import tokens
-from vlsa.config import Config
-from vlsa.model import builder
+from vlsa.config import ModelConfig
 from vlsa.model.encoding import CompressiveEncoder
-from vlsa.model.projectors import ProjectorOutput, build_projector
+from vlsa.model.geometry import num_patches
+from vlsa.model.projectors import ProjectorOutput
 from vlsa.model.splice import IGNORE, Spliced, check_image_counts, splice_visual_tokens
 from vlsa.model.vdep import vdep_loss
 
@@ -45,9 +45,13 @@ class VLSAOutput:
 
 
 class VLSAModel(nn.Module):
-    """Vision tower, projector, language model and (for training) the reconstruction head."""
+    """Vision tower, projector, language model and (for training) the reconstruction head.
 
-    def __init__(self, config: Config, vision_tower, projector: nn.Module, language_model, tokenizer,
+    ``config`` is the ``ModelConfig`` the parts were built from (``vlsa.model.builder.build_model``
+    builds them); the model reads only its own section of a run's config.
+    """
+
+    def __init__(self, config: ModelConfig, vision_tower, projector: nn.Module, language_model, tokenizer,
                  recon_head: nn.Module | None = None) -> None:
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
@@ -55,19 +59,6 @@ class VLSAModel(nn.Module):
         self.recon_head = recon_head
         self.image_token_id = tokenizer.convert_tokens_to_ids(tokens.IMAGE_TOKEN)
         self.w_lm, self.w_rec, self.pretraining = 1.0, 1.0, True
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "VLSAModel":
-        """Build every part of ``cfg`` through ``builder.load_component``; new modules are seeded."""
-        tokenizer = builder.build_model_tokenizer(cfg)
-        vision, llm = builder.build_vision(cfg), builder.build_llm(cfg)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.model.seed)
-            _fit_vocabulary(llm, tokenizer)
-            d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
-            projector = build_projector(cfg.model.projector, d, D, num_patches=_num_patches(vision.config))
-            recon_head = builder.build_recon_head(cfg, D) if cfg.model.recon.enabled else None
-        return cls(cfg, vision, projector, llm, tokenizer, recon_head)
 
     # ------------------------------------------------------------------------------- geometry
 
@@ -79,7 +70,7 @@ class VLSAModel(nn.Module):
     @property
     def num_patches(self) -> int:
         """l: patch tokens per view."""
-        return _num_patches(self.vision_tower.config)
+        return num_patches(self.vision_tower.config.image_size, self.vision_tower.config.patch_size)
 
     def token_count(self, num_tiles: int) -> int:
         """Visual tokens the LLM receives for an image cut into ``num_tiles`` tiles."""
@@ -87,14 +78,14 @@ class VLSAModel(nn.Module):
 
     def encoder(self) -> CompressiveEncoder:
         """The image -> (pixel_lo, pixel_hi) encoder matching this vision tower."""
-        return CompressiveEncoder(self.image_size, self.config.model.encoding.max_tiles, self.config.model.vision.kind)
+        return CompressiveEncoder(self.image_size, self.config.encoding.max_tiles, self.config.vision.kind)
 
     def set_loss_weights(self, w_lm: float, w_rec: float, pretraining: bool = True) -> None:
         """Stage weights of L and L_rec; ``pretraining``: an alignment stage (VDEP on, with its batch split)."""
         self.w_lm, self.w_rec, self.pretraining = float(w_lm), float(w_rec), bool(pretraining)
 
     def _vdep_active(self) -> bool:
-        vdep = self.config.model.vdep
+        vdep = self.config.vdep
         return vdep.enabled and (self.pretraining or vdep.in_finetuning)
 
     # ------------------------------------------------------------------------------- vision
@@ -104,7 +95,7 @@ class VLSAModel(nn.Module):
         trainable = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             out = self.vision_tower(pixels.to(self.vision_tower.dtype), output_hidden_states=True)
-        hidden = out.hidden_states[self.config.model.vision.select_layer]  # (K, 1+l or l, d)
+        hidden = out.hidden_states[self.config.vision.select_layer]  # (K, 1+l or l, d)
         return hidden[:, -self.num_patches:]
 
     def encode_images(self, pixel_lo: torch.Tensor, pixel_hi: torch.Tensor, tile_mask: torch.Tensor | None) -> ProjectorOutput:
@@ -153,7 +144,7 @@ class VLSAModel(nn.Module):
         spliced = splice_visual_tokens(
             input_ids, attention_mask, self.language_model.get_input_embeddings(), [] if proj is None else proj.tokens,
             self.image_token_id, labels=labels, ssft_mask=ssft_mask, pad_left=pad_left,
-            max_length=self.config.model.llm.max_length,
+            max_length=self.config.llm.max_length,
         )
         return spliced, proj
 
@@ -178,17 +169,17 @@ class VLSAModel(nn.Module):
         loss_vdep = None
         if vdep_on:
             loss_vdep = vdep_loss(out.hidden_states[-1], spliced.inputs_embeds, spliced.image_index,
-                                  autoregressive=self.config.model.vdep.autoregressive, sample_mask=vdep_samples)
+                                  autoregressive=self.config.vdep.autoregressive, sample_mask=vdep_samples)
         loss_rec = self._recon_loss(proj, spliced, out, recon_pixels, recon_latent)
         total = self._total(loss_lm, loss_rec, loss_vdep)
         return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, out.logits)
 
     def _conditions_on_llm(self) -> bool:
-        return self.recon_head is not None and self.config.model.recon.conditioning == "llm_hidden"
+        return self.recon_head is not None and self.config.recon.conditioning == "llm_hidden"
 
     def _splits_batch(self) -> bool:
         """VDEP's half/half split: pre-training steps only (evaluation scores every sample both ways)."""
-        return self.training and self.pretraining and self.config.model.vdep.split_batch
+        return self.training and self.pretraining and self.config.vdep.split_batch
 
     def _vdep_samples(self, batch: int, device) -> torch.Tensor:
         """Samples in VDEP mode: a random half when splitting (pre-training), else all."""
@@ -216,7 +207,7 @@ class VLSAModel(nn.Module):
 
     def _total(self, loss_lm, loss_rec, loss_vdep) -> torch.Tensor | None:
         """w_lm L + w_rec L_rec + alpha L_vdep over the parts present (None without any, e.g. no labels)."""
-        weighted = [(self.w_lm, loss_lm), (self.w_rec, loss_rec), (self.config.model.vdep.alpha, loss_vdep)]
+        weighted = [(self.w_lm, loss_lm), (self.w_rec, loss_rec), (self.config.vdep.alpha, loss_vdep)]
         parts = [w * loss for w, loss in weighted if loss is not None]
         return sum(parts[1:], parts[0]) if parts else None
 
@@ -282,16 +273,3 @@ def hidden_cue(hidden: torch.Tensor, spans, length: int) -> tuple[torch.Tensor, 
     cue = torch.stack([hidden[b, start:start + length] for b, start, _ in spans])  # (N, length, D)
     pooled = torch.stack([hidden[b, start:start + n].mean(dim=0) for b, start, n in spans])  # (N, D)
     return cue, pooled
-
-
-def _num_patches(vision_config) -> int:
-    return (vision_config.image_size // vision_config.patch_size) ** 2
-
-
-def _fit_vocabulary(llm, tokenizer) -> None:
-    """Grow the LLM's embeddings to the tokenizer (special tokens were added) and align pad/eos ids."""
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer))
-    llm.config.pad_token_id = tokenizer.pad_token_id
-    if llm.generation_config is not None:
-        llm.generation_config.pad_token_id = tokenizer.pad_token_id
