@@ -15,7 +15,11 @@ import argparse
 import sys
 from typing import Iterable, Iterator, TextIO
 
-from vlsa.io.records import ASSISTANT, USER, Turn
+from vlsa.config import load_config
+from vlsa.eval.infer import Answerer, load_model, model_id_of, user_text
+from vlsa.io import storage
+from vlsa.io.image import ImageRejected, decode_image
+from vlsa.io.records import ASSISTANT, Turn, USER
 
 
 class Chat:
@@ -27,8 +31,6 @@ class Chat:
 
     def ask(self, question: str) -> str:
         """The greedy answer to ``question`` given the conversation so far."""
-        from vlsa.eval.infer import user_text
-
         first = not self.turns
         text = user_text(question, has_image=True) if first else question
         turns = [*self.turns, Turn(USER, text)]
@@ -73,11 +75,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Command-line entry; exit 2 with a message when the image cannot be read."""
-    from vlsa.config import load_config
-    from vlsa.io.image import ImageRejected, decode_image
-    from vlsa.eval.infer import Answerer, load_model, model_id_of
-    from vlsa.io import storage
-
     args = _parser().parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     cfg = load_config(args.config, args.overrides)

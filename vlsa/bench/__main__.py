@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 
+from vlsa.bench import device as dev
+from vlsa.bench.variants import bench_config
+
 BENCHMARKS = {
     "flops": "vlsa.bench.flops_report",
     "step": "vlsa.bench.step",
@@ -32,9 +35,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, load the config, run the benchmark, print its report."""
-    from vlsa.bench import device as dev
-    from vlsa.bench.variants import bench_config
-
     args = parse(argv)
     device = dev.resolve(args.device)
     preset = args.preset or ("bench_gpu" if device.type == "cuda" else "bench_cpu")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from vlsa.config import ComponentConfig, Config, ProjectorConfig
 from vlsa.model import geometry
+from vlsa.model.builder import build_model_tokenizer
 from vlsa.model.geometry import component_config, vision_config
 
 GATED_LLMS = ("llama", "mistral", "qwen2", "qwen3")  # SwiGLU MLP: gate, up and down projections
@@ -114,8 +115,6 @@ class ModelDims:
         ``vocab_size``: the tokenizer's length when known (the LLM grows to it); None builds the tokenizer.
         """
         if vocab_size is None:
-            from vlsa.model.builder import build_model_tokenizer
-
             vocab_size = len(build_model_tokenizer(cfg))
         model = cfg.model
         denoiser = _denoiser_dims(cfg) if model.recon.enabled else None

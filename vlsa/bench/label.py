@@ -19,6 +19,8 @@ from PIL import Image
 from vlsa.bench.device import describe
 from vlsa.bench.report import Report, table
 from vlsa.config import Config
+from vlsa.io.image import decode_image
+from vlsa.labels.compute import LabelComputer, prepare
 
 
 def jpeg_images(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
@@ -38,9 +40,6 @@ def jpeg_images(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
 
 def label_pass(computer, blobs: list[bytes], cfg: Config) -> dict[str, float]:
     """Seconds spent decoding, preparing and in the models for ``blobs``."""
-    from vlsa.io.image import decode_image
-    from vlsa.labels.compute import prepare
-
     t0 = time.perf_counter()
     images = [decode_image(b, cfg.label.decode) for b in blobs]
     t1 = time.perf_counter()
@@ -57,8 +56,6 @@ def label_pass(computer, blobs: list[bytes], cfg: Config) -> dict[str, float]:
 
 def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     """One warm-up batch, then one timed pass over ``bench.label_images`` images."""
-    from vlsa.labels.compute import LabelComputer
-
     computer = LabelComputer(cfg, device=device)
     side = cfg.model.vq_image_size
     width, height = side, max(1, side * 3 // 4)  # a typical 4:3 photo at the VQ input size

@@ -15,6 +15,8 @@ import torch
 from vlsa.bench.batch import synthetic_batch
 from vlsa.bench.flops import Workload
 from vlsa.config import Config, StageConfig
+from vlsa.model.builder import build_model
+from vlsa.model.params import apply_stage
 
 
 @dataclass
@@ -57,16 +59,12 @@ class TrainStep:
 
 def build_model_on(cfg: Config, device: torch.device, dtype: torch.dtype):
     """``build_model(cfg)`` moved to ``device`` in ``dtype``."""
-    from vlsa.model.builder import build_model
-
     return build_model(cfg).to(device=device, dtype=dtype)
 
 
 def build_train_step(cfg: Config, stage: StageConfig, work: Workload, device: torch.device,
                      dtype: torch.dtype, seed: int = 0) -> TrainStep:
     """The model of ``cfg`` frozen for ``stage``, AdamW over its groups, and a synthetic batch of ``work``."""
-    from vlsa.model.params import apply_stage
-
     model = build_model_on(cfg, device, dtype)
     groups = apply_stage(model, stage)
     if not groups:

@@ -18,7 +18,9 @@ import torch
 from vlsa.config import Config, DataConfig
 from vlsa.data.assemble import SampleBuilder, geometry_from_config, load_image
 from vlsa.io.records import Record, RecordRejected, RejectStats, load_records
+from vlsa.labels.compute import LabelComputer
 from vlsa.labels.shards import label_key
+from vlsa.labels.store import load_labels, load_rejects
 
 logger = logging.getLogger(__name__)
 MAX_SUBSTITUTES = 16
@@ -98,8 +100,6 @@ def measure(builder: SampleBuilder, records: list[Record], stats: RejectStats) -
 
 
 def _stored_labels(cfg: Config, data: DataConfig, records: list[Record], stats: RejectStats):
-    from vlsa.labels.store import load_labels, load_rejects
-
     store, rejects = load_labels(data.labels, cfg), load_rejects(data.labels)
     kept = []
     for record in records:
@@ -135,8 +135,6 @@ def compute_labels(cfg: Config, records: list[Record], image_root: str, stats: R
                    label_fn: Callable[[list], list[dict]] | None = None, batch: int = 32):
     """Label rows for every image of ``records`` in-process (small runs): (labels by label id, kept records)."""
     if label_fn is None:
-        from vlsa.labels.compute import LabelComputer
-
         label_fn = LabelComputer(cfg).label
     labels: dict[str, dict] = {}
     kept: list[Record] = []

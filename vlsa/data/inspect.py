@@ -15,7 +15,9 @@ import json
 import sys
 
 from vlsa.config import load_config
+from vlsa.data.dataset import build_dataset
 from vlsa.data.templates import IGNORE_INDEX
+from vlsa.model.tokenizer import build_tokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,9 +75,6 @@ def render_sample(sample: dict, tokenizer) -> dict:
 
 def inspect(args: argparse.Namespace) -> dict:
     """Validate the file and render samples; the report as a dict."""
-    from vlsa.data.dataset import build_dataset
-    from vlsa.model.tokenizer import build_tokenizer
-
     cfg = load_config(args.config, args.overrides)
     data = dataclasses.replace(stage_data(cfg, args.stage), train=args.data, image_root=args.image_root)
     if args.labels:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from vlsa.eval import scorers
+
 _LAZY = {
     "ScoreError": "vlsa.eval.scorers._common",
     "read_answer_file": "vlsa.eval.scorers._common",
@@ -24,8 +26,6 @@ __all__ = [*_LAZY, "available_benchmarks"]
 
 def available_benchmarks() -> list[str]:
     """Every registered benchmark name."""
-    from vlsa.eval import scorers
-
     return scorers.names()
 
 

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from vlsa.config import Config, config_from_dict
-from vlsa.io import storage
+from vlsa.data.demo import generate_demo
+from vlsa.eval.infer import Answerer, answer_batch, load_model, model_id_of, read_questions, write_answers
+from vlsa.eval.score import score
+from vlsa.eval.scorers._common import flatten_metrics
+from vlsa.io import storage, tracking
 
 
 def pool_size(resources: dict[str, float], num_batches: int, configured: int = 0) -> tuple[int, float]:
@@ -40,8 +44,6 @@ class AnswerActor:
     """A Ray Data actor: loads the model once, answers batches of JSON-encoded questions."""
 
     def __init__(self, config: dict, model_path: str, image_root: str) -> None:
-        from vlsa.eval.infer import Answerer, load_model, model_id_of
-
         cfg: Config = config_from_dict(config)
         self.image_root, self.decode = image_root, cfg.label.decode
         self.answerer = Answerer(load_model(model_path, cfg), template=cfg.eval.template,
@@ -49,8 +51,6 @@ class AnswerActor:
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
-
-        from vlsa.eval.infer import answer_batch
 
         questions = [json.loads(q) for q in batch["question"]]
         rows = answer_batch(self.answerer, questions, self.image_root, self.decode)
@@ -79,9 +79,6 @@ def log_to_mlflow(cfg: Config, run_name: str, params: dict[str, Any], metrics: d
     """One MLflow run with the eval params, flattened metrics and the answer file; returns its id."""
     from mlflow.entities import Metric, Param
 
-    from vlsa.eval.scorers._common import flatten_metrics
-    from vlsa.io import tracking
-
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     client = tracking.client(uri)
     exp_id = tracking.experiment_id(client, cfg.run.mlflow.experiment)
@@ -108,9 +105,6 @@ def _absolute(uri: str) -> str:
 def evaluate(cfg: Config, model_path: str, questions_uri: str, image_root: str, answers_uri: str, *,
              ground_truth: str = "", benchmark: str = "") -> dict:
     """Answer a question file on Ray, write the answers, score them when a benchmark is named, log to MLflow."""
-    from vlsa.eval.infer import model_id_of, read_questions, write_answers
-    from vlsa.eval.score import score
-
     if bool(ground_truth) != bool(benchmark):
         raise ValueError(f"give both a ground truth and a benchmark name, or neither (got gt={ground_truth!r}, "
                          f"benchmark={benchmark!r})")
@@ -129,7 +123,5 @@ def evaluate(cfg: Config, model_path: str, questions_uri: str, image_root: str, 
 
 def demo_split(cfg: Config) -> dict[str, str]:
     """The generated demo's held-out split (made under ``model.cache_dir`` when missing) as job inputs."""
-    from vlsa.data.demo import generate_demo
-
     paths = generate_demo(cfg.demo, Path(cfg.model.cache_dir).expanduser() / "demo", seed=cfg.train.seed)
     return {"questions": paths.eval, "image_root": paths.image_root, "ground_truth": paths.eval, "benchmark": "demo"}

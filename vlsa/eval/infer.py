@@ -27,10 +27,14 @@ from typing import Iterable, Iterator
 import torch
 
 from vlsa.config import Config, DecodeConfig, load_config
-from vlsa.io.records import USER, RecordRejected, Turn, read_image_bytes
 from vlsa.data.templates import build_template
 from vlsa.io import storage
+from vlsa.io.image import ImageRejected, decode_image
+from vlsa.io.records import RecordRejected, Turn, USER, read_image_bytes
+from vlsa.model.builder import build_model
+from vlsa.model.export import CONFIG_NAME, load_inference_model
 from vlsa.tokens import IMAGE_TOKEN
+from vlsa.train.checkpoint import WEIGHTS, load_weights
 
 _ANSWER_NAMESPACE = uuid.UUID("6f1c2a4e-3d5b-4f7a-9c8e-1b2d3e4f5a6b")
 
@@ -195,8 +199,6 @@ class Answerer:
 
 def load_question_image(question: dict, image_root: str, decode: DecodeConfig):
     """(PIL image or None, rejection reason or "") of one question."""
-    from vlsa.io.image import ImageRejected, decode_image
-
     if question.get("image") is None:
         return None, ""
     try:
@@ -252,10 +254,7 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
     default the ``tiny`` preset) and the weights are loaded into it. ``device`` (default: CUDA when
     present) is where the model goes; on a GPU it runs in bf16 unless ``train.precision=fp32``.
     """
-    from vlsa.model.export import CONFIG_NAME, load_inference_model
-
     cfg = cfg or load_config("tiny")
-    from vlsa.train.checkpoint import WEIGHTS
 
     if storage.exists(storage.join(path, CONFIG_NAME)):
         model = load_inference_model(path, cfg.model.cache_dir)
@@ -271,9 +270,6 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
 
 
 def _checkpoint_model(path: str, cfg: Config):
-    from vlsa.model.builder import build_model
-    from vlsa.train.checkpoint import load_weights
-
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(load_weights(path), strict=False)
     if missing or unexpected:

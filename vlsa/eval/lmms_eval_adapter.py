@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from vlsa.io.records import USER, Turn
+from vlsa.config import load_config
+from vlsa.eval.infer import Answerer, load_model, model_id_of, pack_images, user_text
+from vlsa.io.records import Turn, USER
 
 MODEL_NAME = "vlsa"
 CLASS_PATH = f"{__name__}.VLSALmms"
@@ -44,17 +46,12 @@ class VLSAEvalModel:
 
     def __init__(self, pretrained: str, template: str = "vicuna_v1", max_new_tokens: int = 128, batch_size: int = 1,
                  device: str = "", config: str = "tiny") -> None:
-        from vlsa.config import load_config
-        from vlsa.eval.infer import Answerer, load_model, model_id_of
-
         self.batch_size = int(batch_size)
         model = load_model(pretrained, load_config(config), device=device)
         self.answerer = Answerer(model, template=template, max_new_tokens=int(max_new_tokens),
                                  model_id=model_id_of(pretrained))
 
     def _turns(self, context: str, images: list) -> list[Turn]:
-        from vlsa.eval.infer import user_text
-
         text = context if not images else user_text(context, True)
         if images and text.count("<image>") != len(images):  # one placeholder per image, LLaVA-style
             text = "\n".join(["<image>"] * len(images)) + "\n" + text.replace("<image>", "").lstrip()
@@ -71,8 +68,6 @@ class VLSAEvalModel:
     @torch.no_grad()
     def loglikelihood(self, context: str, continuation: str, images: list) -> tuple[float, bool]:
         """(sum of log-probabilities of ``continuation`` after the prompt, whether greedy decoding gives it)."""
-        from vlsa.eval.infer import pack_images
-
         a, tok = self.answerer, self.answerer.tokenizer
         prompt_ids = tok(a.prompt(self._turns(context, images)), add_special_tokens=False).input_ids
         cont_ids = tok(continuation, add_special_tokens=False).input_ids

@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlsa.config import DecodeConfig
-from vlsa.io.grid import side_by_side
+from vlsa.config import DecodeConfig, load_config
+from vlsa.eval.infer import load_model, pack_images
 from vlsa.io import storage
+from vlsa.io.grid import side_by_side
+from vlsa.io.image import ImageRejected, decode_image
+from vlsa.model.encoding import recon_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -98,9 +101,6 @@ def image_metrics(inputs: torch.Tensor, outputs: torch.Tensor) -> dict:
 
 def model_views(model, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(encoder inputs on the model's device, VAE-input targets (N, 3, S, S) in [-1, 1])."""
-    from vlsa.eval.infer import pack_images
-    from vlsa.model.encoding import recon_pixels
-
     if not images:
         raise ValueError("reconstruction needs at least one image")
     device = next(model.parameters()).device
@@ -155,8 +155,6 @@ def image_files(sources: list[str]) -> list[str]:
 
 def read_images(paths: list[str], decode: DecodeConfig) -> list[Image.Image]:
     """Safely decoded RGB images; an unreadable one is an error naming its path."""
-    from vlsa.io.image import ImageRejected, decode_image
-
     images = []
     for path in paths:
         try:
@@ -182,9 +180,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Write the grid and metrics of a checkpoint; print the metrics as one JSON object."""
     import io
-
-    from vlsa.config import load_config
-    from vlsa.eval.infer import load_model
 
     args = _parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)

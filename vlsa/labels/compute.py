@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from vlsa.config import Config
+from vlsa.model.builder import build_vae, build_vq
 from vlsa.model.encoding import lowres_rgb, recon_pixels
 from vlsa.model.geometry import vision_input_side
 
@@ -112,8 +113,6 @@ class LabelComputer:
     """
 
     def __init__(self, cfg: Config, device: str | torch.device | None = None) -> None:
-        from vlsa.model.builder import build_vae, build_vq
-
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.geometry = LabelGeometry.from_config(cfg)
         self.batch_size = cfg.label.batch_size

@@ -27,6 +27,7 @@ from vlsa.labels.shards import (
     plan_shards,
     write_manifest,
 )
+from vlsa.labels.worker import ShardLabeler, decode_batch
 
 logger = logging.getLogger("vlsa.labels")
 
@@ -91,8 +92,6 @@ def _dataset(cfg: Config, shards: list[list[Item]], pending: list[int], image_ro
              plan: PoolPlan, resources: dict[str, float]):
     """The Ray Data plan: one row per pending shard -> read task (decode) -> labeling actor -> summary row."""
     import ray
-
-    from vlsa.labels.worker import ShardLabeler, decode_batch
 
     geometry = LabelGeometry.from_config(cfg)
     items = [{"shard": k, "items": json.dumps([[i.id, i.image] for i in shards[k]])} for k in pending]

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from vlsa.config import Config, flatten
+from vlsa.io import tracking
 
 logger = logging.getLogger("vlsa.labels")
 
@@ -100,8 +101,6 @@ def log_to_mlflow(cfg: Config, summary: dict[str, Any], params: dict[str, Any]) 
     if not uri:
         return None
     from mlflow.entities import Param
-
-    from vlsa.io import tracking
 
     client = tracking.client(uri)
     exp_id = tracking.experiment_id(client, cfg.run.mlflow.experiment)

@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlsa.config import ComponentConfig, Config
+from vlsa.labels.compute import LabelGeometry
 
 SCHEMA_VERSION = 1
 ROW_GROUP_ROWS = 64
@@ -91,8 +92,6 @@ def component_identity(part: ComponentConfig, seed: int) -> dict[str, Any]:
 
 def label_identity(cfg: Config) -> dict[str, Any]:
     """Everything in ``cfg`` the labels depend on; equal identities give identical labels."""
-    from vlsa.labels.compute import LabelGeometry
-
     geometry = LabelGeometry.from_config(cfg)
     return {
         "schema_version": SCHEMA_VERSION,

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Iterable
 
 from vlsa.config import Config, config_from_dict, load_config
+from vlsa.data.demo import generate_demo
 from vlsa.eval.demo import evaluate
+from vlsa.io import tracking
+from vlsa.labels.pipeline import run_labeling
+from vlsa.labels.schema import label_identity
+from vlsa.train.driver import train
 
 DEMO_DIR = "demo_data"
 # Two single-CPU workers (data-parallel ZeRO over gloo) use a 2-core laptop better than one worker
@@ -27,8 +32,6 @@ DEFAULT_OVERRIDES = ("run.num_workers=2", "run.cpus_per_worker=1")
 def labels_dir(cfg: Config, root: Path, data_file: str) -> str:
     """Labels of one data file, in a folder named by what the labels depend on (so a changed
     tokenizer-free config reuses them and a changed VQ/VAE config does not)."""
-    from vlsa.labels.schema import label_identity
-
     key = hashlib.sha256(json.dumps(label_identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
     return str(root / "labels" / f"{Path(data_file).stem}-{key}")
 
@@ -38,9 +41,6 @@ def prepare_data(cfg: Config, root: Path):
 
     Returns (config with data paths, ``DemoPaths``). Needs Ray (the labeling runs on Ray Data).
     """
-    from vlsa.data.demo import generate_demo
-    from vlsa.labels.pipeline import run_labeling
-
     paths = generate_demo(cfg.demo, root, seed=cfg.train.seed)
     data = cfg.to_dict()
     for stage in data["train"]["stages"]:
@@ -55,8 +55,6 @@ def prepare_data(cfg: Config, root: Path):
 
 def log_evaluation(outcome, result: dict, seconds: dict[str, float]) -> None:
     """Held-out metrics and the answer file on the job's MLflow run."""
-    from vlsa.io import tracking
-
     metrics = {"eval_accuracy": result["model"]["accuracy"], "eval_blind_accuracy": result["blind"]["accuracy"]}
     metrics |= {f"eval_accuracy/{kind}": acc for kind, acc in result["model"]["per_type"].items()}
     metrics |= {f"seconds/{name}": value for name, value in seconds.items()}
@@ -84,8 +82,6 @@ def report(outcome, result: dict, seconds: dict[str, float]) -> str:
 
 def main(overrides: Iterable[str] = (), root: str | Path = DEMO_DIR) -> dict:
     """Run the embedded default on the current Ray instance; returns the numbers it printed."""
-    from vlsa.train.driver import train
-
     start = time.perf_counter()
     cfg, paths = prepare_data(load_config("tiny", [*DEFAULT_OVERRIDES, *overrides]), Path(root).resolve())
     prepared = time.perf_counter()

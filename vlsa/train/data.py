@@ -15,6 +15,9 @@ from typing import Any, Iterator
 import torch
 
 from vlsa.config import Config, StageConfig
+from vlsa.data.collate import Collator
+from vlsa.data.dataset import build_dataset
+from vlsa.data.sampler import LengthGroupedSampler
 from vlsa.train.schedule import stage_total_steps
 
 
@@ -48,10 +51,6 @@ class StageData:
 def build_stage_data(cfg: Config, stage: StageConfig, tokenizer, *, rank: int, world_size: int) -> StageData:
     """The data of ``stage`` for worker ``rank`` of ``world_size``."""
     from torch.utils.data import DataLoader
-
-    from vlsa.data.collate import Collator
-    from vlsa.data.dataset import build_dataset
-    from vlsa.data.sampler import LengthGroupedSampler
 
     # Sizes come from the config, not the model, so loader processes never receive a model copy.
     dataset = build_dataset(cfg, stage.data, tokenizer)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from vlsa.config import Config, config_from_dict
-from vlsa.io import storage
+from vlsa.io import storage, tracking
 from vlsa.train import checkpoint as ckpt
-from vlsa.io import tracking
+from vlsa.train.loop import JobInfo, train_worker
 
 # Settings the workers need to reach S3 and MLflow when the driver has them; credentials included,
 # since a local Ray instance or a job's runtime environment may not pass them on otherwise.
@@ -61,8 +61,6 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from vlsa.train.loop import train_worker
-
     resources = {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1} if cfg.run.use_gpu else {})
     filesystem, path = storage.pyarrow_filesystem(cfg.run.storage_path)
     run_config = RunConfig(
@@ -85,8 +83,6 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
 
 def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     """Run every stage of ``cfg`` on the current Ray cluster; returns where the results are."""
-    from vlsa.train.loop import JobInfo
-
     cfg = resolve(cfg)
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     run = ckpt.run_uri(cfg.run.storage_path, cfg.run.name)

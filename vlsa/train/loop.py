@@ -22,8 +22,17 @@ from typing import Any, Callable
 import torch
 
 from vlsa.config import Config, ConfigError, config_from_dict
+from vlsa.data.collate import Collator
+from vlsa.io.grid import side_by_side
+from vlsa.io.tracking import StageTracker
+from vlsa.model.builder import build_model, build_model_tokenizer
+from vlsa.model.params import apply_stage
+from vlsa.model.reconstruction import decode_latent
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
+from vlsa.train.data import build_stage_data, take
+from vlsa.train.deepspeed_config import deepspeed_config
+from vlsa.train.schedule import build_scheduler
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
 
 logger = logging.getLogger(__name__)
@@ -181,10 +190,6 @@ def make_plan(cfg: Config, run: str) -> Plan:
 def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, total_steps: int):
     """(engine, model, optimizer, param group names) of one stage."""
     deepspeed = import_deepspeed()
-    from vlsa.model.builder import build_model
-    from vlsa.model.params import apply_stage
-    from vlsa.train.deepspeed_config import deepspeed_config
-    from vlsa.train.schedule import build_scheduler
 
     stage = cfg.train.stages[stage_index]
     model = build_model(cfg)
@@ -233,13 +238,10 @@ class StageRun:
 
     def __init__(self, cfg: Config, job: JobInfo, worker: Worker, stage_index: int, plan: Plan,
                  hooks: Hooks | None) -> None:
-        from vlsa.train.data import build_stage_data
-
         self.cfg, self.job, self.worker, self.index = cfg, job, worker, stage_index
         self.stage = cfg.train.stages[stage_index]
         self.hooks = hooks or Hooks()
         seed_everything(cfg.train.seed, stage_index, worker.rank)
-        from vlsa.model.builder import build_model_tokenizer
 
         self.data = build_stage_data(cfg, self.stage, build_model_tokenizer(cfg), rank=worker.rank,
                                      world_size=worker.world_size)
@@ -263,7 +265,6 @@ class StageRun:
     def _tracker(self, resumed: bool):
         if self.worker.rank != 0:
             return None
-        from vlsa.io.tracking import StageTracker
 
         tracker = StageTracker(self.job.tracking_uri, self.job.parent_run_id, self.stage.name)
         tracker.log_params({"total_steps": self.data.total_steps, "samples": len(self.data.dataset),
@@ -293,8 +294,6 @@ class StageRun:
         return {name: float(group["lr"]) for name, group in zip(self.group_names, self.optimizer.param_groups)}
 
     def one_step(self, stream, accumulation: int) -> StepResult:
-        from vlsa.train.data import take
-
         info = StepInfo(self.index, self.stage.name, self.progress.step + 1, self.worker.rank)
         batches = take(stream, accumulation)
         if self.hooks.on_batch is not None:
@@ -340,7 +339,6 @@ class StageRun:
         """
         if self.model.recon_head is None:
             return
-        from vlsa.io.grid import side_by_side
 
         batch = to_device(self._grid_batch(), self.worker.device)
         generator = torch.Generator(device=self.worker.device).manual_seed(self.cfg.train.seed)
@@ -350,8 +348,6 @@ class StageRun:
                                              generator=generator)
             inputs = batch.get("recon_pixels")
             if inputs is None:
-                from vlsa.model.reconstruction import decode_latent
-
                 inputs = decode_latent(self.model.recon_head.vae, batch["recon_latent"])
         self.model.train()
         if self.tracker is not None:
@@ -359,8 +355,6 @@ class StageRun:
             self.tracker.log_image(grid, f"reconstruction/{self.stage.name}_step{self.progress.step:08d}.png")
 
     def _grid_batch(self) -> dict:
-        from vlsa.data.collate import Collator
-
         samples = []
         for i in range(len(self.data.dataset)):
             sample = self.data.dataset[i]

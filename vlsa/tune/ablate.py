@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlsa.config import Config
-from vlsa.tune.points import named_grid, select_points
+from vlsa.io import tracking
+from vlsa.train.step import LOSS_KEYS
+from vlsa.tune.points import VARIANT_KEY, named_grid, select_points
+from vlsa.tune.sweep import run_sweep
+from vlsa.tune.tracking import numeric_metrics
 
 EXTRA_METRICS = ("eval_accuracy", "eval_blind_accuracy")
 """Columns after the training losses, when the trials measured them."""
@@ -33,17 +37,12 @@ class Table:
 
 def metric_columns(metric: str, found: set[str]) -> list[str]:
     """The sweep's metric first, then the losses and held-out metrics that some variant reported."""
-    from vlsa.train.step import LOSS_KEYS
-
     columns = [metric] if metric in found else []
     return columns + [k for k in (*LOSS_KEYS, *EXTRA_METRICS) if k in found and k != metric]
 
 
 def ablation_table(results, labels: list[str], metric: str) -> Table:
     """One row per variant in ``labels`` order: its status and the last value of each metric."""
-    from vlsa.tune.points import VARIANT_KEY
-    from vlsa.tune.tracking import numeric_metrics
-
     by_label = {r.config[VARIANT_KEY]: r for r in results}
     missing = [label for label in labels if label not in by_label]
     if missing:
@@ -83,9 +82,6 @@ def run_ablation(cfg: Config, grid: str, points: dict[str, dict[str, Any]], out_
                  only: Sequence[str] = (), name: str = "", command: str = "") -> dict[str, Any]:
     """Run grid ``grid`` (its ``points``: ``{label: {dotted path: value}}``) over ``cfg`` on the current Ray
     cluster; write and log its table."""
-    from vlsa.io import tracking
-    from vlsa.tune.sweep import run_sweep
-
     labels = list(only) or list(points)
     space = select_points(named_grid(points), labels) if only else named_grid(points)
     outcome = run_sweep(cfg, space, name or f"{cfg.run.name}-{grid}", command=command)

@@ -6,6 +6,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from vlsa.io import tracking
+from vlsa.tune.tracking import find_trial_run, numeric_metrics
+
 
 class MLflowTrials(Callback):
     """Logs every result of a trial to its MLflow run; closes the run when the trial ends."""
@@ -15,8 +18,6 @@ class MLflowTrials(Callback):
         self._runs: dict[str, str] = {}
 
     def _run(self, trial) -> str | None:
-        from vlsa.tune.tracking import find_trial_run
-
         if trial.trial_id not in self._runs:
             run_id = find_trial_run(self.uri, self.sweep_run_id, trial.trial_id)
             if run_id is None:
@@ -26,9 +27,6 @@ class MLflowTrials(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
         from mlflow.entities import Metric
-
-        from vlsa.io import tracking
-        from vlsa.tune.tracking import numeric_metrics
 
         run_id = self._run(trial)
         if run_id is None:
@@ -44,8 +42,6 @@ class MLflowTrials(Callback):
         self._close(trial, ok=False)
 
     def _close(self, trial, ok: bool) -> None:
-        from vlsa.io import tracking
-
         run_id = self._run(trial)
         if run_id is not None:
             tracking.close_run(self.uri, run_id, ok=ok)

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsa.config import Config, ConfigError, flatten
-from vlsa.io import storage
+from vlsa.config import Config, ConfigError, config_from_dict, flatten
+from vlsa.data.demo import generate_demo
+from vlsa.io import storage, tracking
+from vlsa.io.tracking import tracking_uri
+from vlsa.tune.points import sample_points
+from vlsa.tune.resources import DRIVER_CPUS, max_concurrent
+from vlsa.tune.tracking import numeric_metrics, open_sweep_run
+from vlsa.tune.trial import apply_point, run_trial
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,6 @@ def sweep_path(cfg: Config, name: str) -> str:
 def with_demo_data(cfg: Config, folder: str) -> Config:
     """``cfg`` with stages that name no data pointed at the generated demo set (made once under ``folder``),
     and, when it names no held-out questions, the demo's held-out split as ``eval.data``."""
-    from vlsa.config import config_from_dict
-    from vlsa.data.demo import generate_demo
-
     if all(s.data.train for s in cfg.train.stages):
         return cfg
     demo = generate_demo(cfg.demo, folder, seed=cfg.train.seed)
@@ -65,9 +68,6 @@ def with_demo_data(cfg: Config, folder: str) -> Config:
 
 def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
     """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``."""
-    from vlsa.tune.points import sample_points
-    from vlsa.tune.trial import apply_point
-
     for point in sample_points(space, samples):
         apply_point(cfg, point)
 
@@ -90,9 +90,6 @@ def trainable(cfg: Config, sweep: dict[str, str]):
     """The trial function with the base config bound and a driver CPU reserved."""
     from ray import tune
 
-    from vlsa.tune.resources import DRIVER_CPUS
-    from vlsa.tune.trial import run_trial
-
     return tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=sweep), {"cpu": DRIVER_CPUS})
 
 
@@ -107,8 +104,6 @@ def tune_config(cfg: Config):
     import ray
     from ray import tune
 
-    from vlsa.tune.resources import max_concurrent
-
     metric = None if cfg.tune.final_metric() else cfg.tune.metric
     return tune.TuneConfig(metric=metric, mode=cfg.tune.mode if metric else None, num_samples=cfg.tune.num_samples,
                            scheduler=scheduler(cfg), max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
@@ -120,7 +115,6 @@ def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, call
     keeps the settings and callbacks it started with, and runs the trials with the new base config)."""
     from ray import tune
 
-    from vlsa.io.tracking import tracking_uri
     from vlsa.tune.callback import MLflowTrials
 
     path = sweep_path(cfg, name)
@@ -148,9 +142,6 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
     raises :class:`SweepInterrupted`; running the sweep again reruns only the trials that did not
     finish. ``callbacks``: extra Tune callbacks (a restored sweep keeps those it started with).
     """
-    from vlsa.io import tracking
-    from vlsa.tune.tracking import open_sweep_run
-
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     path = sweep_path(cfg, name)
     if not storage.is_s3(path):
@@ -206,9 +197,6 @@ def unfinished_trials(path: str) -> int:
 def log_best(uri: str, outcome: SweepOutcome) -> None:
     """The best point and its metrics on the sweep's run, with the count of failed trials."""
     from mlflow.entities import Metric, RunTag
-
-    from vlsa.io import tracking
-    from vlsa.tune.tracking import numeric_metrics
 
     tags = [RunTag(f"best.{k}", tracking.redact(k, v)) for k, v in flatten(outcome.best_point).items()]
     metrics = {f"best/{k}": v for k, v in numeric_metrics(outcome.best_metrics).items()}

@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from vlsa.config import Config, ConfigError, apply_override, config_from_dict
+from vlsa.data.demo import DemoPaths
+from vlsa.eval.demo import evaluate
+from vlsa.io import tracking
+from vlsa.train import checkpoint as ckpt
+from vlsa.train.driver import build_trainer, resolve
+from vlsa.train.loop import Hooks, JobInfo, train_worker
+from vlsa.tune.tracking import open_trial_run
 
 
 def apply_point(cfg: Config, point: dict[str, Any]) -> Config:
@@ -46,8 +53,6 @@ def train_fn(config: dict[str, Any]) -> None:
     the sweep's metric is a held-out one, a last report with rank 0's score of the final checkpoint."""
     import ray.train
 
-    from vlsa.train.loop import Hooks, train_worker
-
     train_worker(config, Hooks(after_step=report_step))
     cfg = config_from_dict(config["cfg"])
     if cfg.tune.final_metric():
@@ -80,10 +85,6 @@ def held_out_metrics(cfg: Config, run: str) -> dict[str, float]:
 
     The questions carry their answers and categories, as the demo's held-out split does.
     """
-    from vlsa.data.demo import DemoPaths
-    from vlsa.train import checkpoint as ckpt
-    from vlsa.eval.demo import evaluate
-
     final = ckpt.latest_complete(run)
     if final is None or not final.final or final.stage_index != len(cfg.train.stages) - 1:
         raise RuntimeError(f"run {run} has no checkpoint ending its last stage to evaluate (newest: {final})")
@@ -98,12 +99,6 @@ def held_out_metrics(cfg: Config, run: str) -> dict[str, float]:
 def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, str]) -> None:
     """Tune's function trainable: train the base config with ``point`` applied."""
     import ray.tune
-
-    from vlsa.train import checkpoint as ckpt
-    from vlsa.io import tracking
-    from vlsa.train.driver import build_trainer, resolve
-    from vlsa.train.loop import JobInfo
-    from vlsa.tune.tracking import open_trial_run
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = resolve(trial_config(base, point, name=f"{sweep['name']}-{trial_id}", storage_path=sweep["trials"]))
