@@ -88,3 +88,15 @@ def test_the_lint_finds_an_import_inside_a_function(tmp_path):
     module.write_text("import ray\n\n\ndef f():\n    import deepspeed\n    from vlsa.io import storage\n\n"
                       "    def g():\n        import vlsa.config\n")
     assert lazy_project_imports(module) == [(6, "vlsa.io"), (9, "vlsa.config")]
+
+
+def test_no_private_ray_module_is_imported():
+    private = []
+    for package in (*LINTED, "ray_jobs"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                private += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names
+                            if name.startswith("ray.") and any(p.startswith("_") or p == "impl" for p in name.split("."))]
+    assert not private, "\n".join(private)

@@ -69,19 +69,18 @@ def sample_points(space: dict[str, Any], count: int = 0) -> list[dict[str, Any]]
     """Resolved points of ``space`` (every grid point; ``count`` random draws per grid point, default 1).
 
     Resolved as a ``Tuner`` resolves its ``param_space``: domains and grids first, then the
-    ``sample_from`` functions, each given the trial's config.
+    ``sample_from`` functions, each given the trial's config (the other paths, already resolved).
     """
-    import copy
-
-    from ray.tune.impl.placeholder import create_resolvers_map, inject_placeholders, resolve_placeholders
+    from ray.tune.search.sample import Function
     from ray.tune.search.variant_generator import generate_variants
 
+    functions = {path: value for path, value in space.items() if isinstance(value, Function)}
+    rest = {path: value for path, value in space.items() if path not in functions}
     points = []
     for _ in range(max(1, count)):
-        resolvers = create_resolvers_map()
-        template = inject_placeholders(copy.deepcopy(space), resolvers)
-        for _, spec in generate_variants({"config": template}):
+        for _, spec in generate_variants({"config": rest}):
             config = dict(spec["config"])
-            resolve_placeholders(config, resolvers)
-            points.append(config)
+            for path, function in functions.items():
+                config[path] = function.sample(config=config)
+            points.append({path: config[path] for path in space})
     return points
