@@ -97,6 +97,10 @@ def test_no_private_ray_module_is_imported():
             for node in ast.walk(ast.parse(path.read_text())):
                 names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
                          else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-                private += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names
-                            if name.startswith("ray.") and any(p.startswith("_") or p == "impl" for p in name.split("."))]
+                private += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names if _private_ray(name)]
     assert not private, "\n".join(private)
+
+
+def _private_ray(module: str) -> bool:
+    parts = module.split(".")
+    return parts[0] == "ray" and any(part.startswith("_") or part == "impl" for part in parts[1:])

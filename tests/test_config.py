@@ -127,3 +127,20 @@ def test_import_vlsa_imports_neither_ray_nor_deepspeed():
     code = "import sys, vlsa; vlsa.load_config('tiny'); print('ray' in sys.modules, 'deepspeed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_with_overrides_returns_a_new_validated_config():
+    cfg = load_config("tiny")
+    changed = cfg.with_overrides({"run.name": "other", "train.stages.1.lr": {"llm": 1e-4}})
+    assert changed.run.name == "other" and changed.train.stages[1].lr == {"llm": 1e-4}
+    assert cfg.run.name != "other" and changed.train.stages[0] == cfg.train.stages[0]
+    assert cfg.with_overrides(["run.num_workers=3"]) == load_config("tiny", ["run.num_workers=3"])
+    with pytest.raises(ConfigError, match="nope"):
+        cfg.with_overrides({"run.nope": 1})
+
+
+def test_data_loader_processes_and_ray_workers_have_distinct_names():
+    cfg = load_config("tiny", ["train.loader_workers=3", "run.num_workers=2"])
+    assert (cfg.train.loader_workers, cfg.run.num_workers) == (3, 2)
+    with pytest.raises(ConfigError, match="unknown keys \\['num_workers'\\]"):
+        load_config("tiny", ["train.num_workers=3"])

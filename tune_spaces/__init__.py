@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from tune_spaces import ablations, loss_ratio, lr, perceiver, ssft_mix
-from vlsa.tune.points import named_grid, sample_points, select_points
 from vlsa.config import Config
+from vlsa.tune.points import named_grid, select_points
 
 SPACES: dict[str, Callable[[Config], dict[str, Any]]] = {
     "loss_ratio": loss_ratio.grid,
@@ -43,4 +43,4 @@ def build_space(name: str, cfg: Config, only: Sequence[str] = ()) -> dict[str, A
     return select_points(space, list(only)) if only else space
 
 
-__all__ = ["GRIDS", "SPACES", "build_space", "named_grid", "sample_points", "select_points"]
+__all__ = ["GRIDS", "SPACES", "build_space"]

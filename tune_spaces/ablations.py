@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from tune_spaces import ssft_mix
-from vlsa.tune.points import stage_key
 from vlsa.config import Config
+from vlsa.tune.points import stage_key
 
 RECON_MODULES = ("epigone", "denoiser")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlsa.tune.points import copy_of, every_stage, named_grid, stage_key
 from vlsa.config import Config
+from vlsa.tune.points import copy_of, every_stage, named_grid, stage_key
 
 # label -> (w_rec, w_lm), in the order of Tab. 13.
 RATIOS = {"0.25:0.75": (0.25, 0.75), "0.5:0.5": (0.5, 0.5), "0.75:0.25": (0.75, 0.25), "1:1": (1.0, 1.0)}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlsa.tune.points import stage_key
 from vlsa.config import Config
+from vlsa.tune.points import stage_key
 
 SPREAD = 10.0
 """Each rate is drawn from [base / SPREAD, base * SPREAD]."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlsa.tune.points import named_grid
 from vlsa.config import Config
+from vlsa.tune.points import named_grid
 
 _P = "model.projector."
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlsa.tune.points import copy_of, named_grid, stage_key
 from vlsa.config import Config
+from vlsa.tune.points import copy_of, named_grid, stage_key
 
 DEFAULT_P = 0.3
 """Insertion probability of an enabled task when the base config gives none."""

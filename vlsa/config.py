@@ -345,8 +345,9 @@ class TrainConfig:
     """Save a checkpoint every N optimizer steps (0: at the end of each stage only)."""
     keep_checkpoints: int = 2
     """Mid-stage checkpoints kept per stage (older ones are deleted; stage-end checkpoints are always kept)."""
-    num_workers: int = 2
-    """Data-loader worker processes per training worker (0: load in the training process)."""
+    loader_workers: int = 2
+    """Data-loader worker processes per training worker (0: load in the training process); the Ray
+    Train workers themselves are ``run.num_workers``."""
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -378,7 +379,7 @@ class RunConfig:
     storage_path: str = "./runs"
     """Local folder or ``s3://`` prefix for checkpoints and outputs."""
     num_workers: int = 1
-    """Ray Train workers (one DeepSpeed engine each)."""
+    """Ray Train workers (one DeepSpeed engine each); data-loader processes are ``train.loader_workers``."""
     use_gpu: bool = False
     """One GPU per worker."""
     cpus_per_worker: int = 1
@@ -570,6 +571,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: dict[str, Any] | Iterable[str]) -> "Config":
+        """A new, validated config: this one with dotted overrides applied, given as ``load_config`` takes
+        them (``{"run.name": "x"}`` or ``["run.name=x"]``). This config is left unchanged."""
+        data = self.to_dict()
+        pairs = overrides.items() if isinstance(overrides, dict) else parse_overrides(overrides)
+        for key, value in pairs:
+            apply_override(data, key, value)
+        return config_from_dict(data)
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -12,6 +12,9 @@ RGB_START = "<rgb start>"
 RGB_END = "<rgb end>"
 PAD_TOKEN = "<pad>"
 
+IGNORE_INDEX = -100
+"""Label of a position that is not supervised (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
+
 SSFT_MARKERS = (VQ_START, VQ_END, RGB_START, RGB_END)
 SPECIAL_TOKENS = (IMAGE_TOKEN, *SSFT_MARKERS)
 

@@ -20,9 +20,9 @@ from vlsa.data.demo import (
     resolve_data,
     resolve_eval,
 )
-from vlsa.io.records import load_records
 from vlsa.eval.demo import blind_baseline
 from vlsa.eval.scorers.demo import score_demo
+from vlsa.io.records import load_records
 
 
 def test_files_are_valid_llava_data_with_varied_images(demo):

@@ -12,9 +12,8 @@ from vlsa.config import SSFTConfig
 from vlsa.data import ssft
 from vlsa.data.assemble import SampleBuilder, geometry_from_config
 from vlsa.io.records import Record, Turn, load_records
-from vlsa.data.templates import IGNORE_INDEX
 from vlsa.model.tokenizer import build_tokenizer
-from vlsa.tokens import vq_code_token
+from vlsa.tokens import IGNORE_INDEX, vq_code_token
 
 # Tab. 6 of the appendix (002) uses this VQ template; Tab. 18 of the paper lists this pixel template.
 TAB6_VQ = ("Imagine a hypothetical encoding process for this image. What would the resulting VQ indices look like, "

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from vlsa.data.dataset import build_dataset
+from vlsa.data.templates import Rendered, build_template, encode
 from vlsa.io.records import RecordRejected, TooManyRejected, Turn
-from vlsa.data.templates import IGNORE_INDEX, Rendered, build_template, encode
+from vlsa.tokens import IGNORE_INDEX
 
 TURNS = [
     Turn("user", "<image>\nWhat color are the shapes in the image?"),

@@ -22,8 +22,8 @@ from label_helpers import (
     write_corpus,
 )
 
-from vlsa.io.image import decode_image
 from vlsa.io import storage
+from vlsa.io.image import decode_image
 from vlsa.labels.pipeline import run_labeling
 from vlsa.labels.schema import LABEL_SCHEMA, LabelsMismatch, latent_array, pixels_array, vq_array
 from vlsa.labels.store import load_labels, load_rejects, read_manifest

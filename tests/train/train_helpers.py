@@ -11,7 +11,7 @@ from vlsa.config import Config
 def small_overrides(demo, cache_dir: str, *, workers: int, steps: int = 3) -> list[str]:
     """Both tiny stages on the four-image demo set: ``steps`` steps each, a checkpoint after every step."""
     overrides = [f"model.cache_dir={cache_dir}", f"run.num_workers={workers}", "run.max_failures=2",
-                 "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.num_workers=0"]
+                 "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.loader_workers=0"]
     for i in (0, 1):
         overrides += [f"train.stages.{i}.data.image_root={demo.image_root}", f"train.stages.{i}.max_steps={steps}",
                       f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tune_spaces import GRIDS, SPACES, build_space, sample_points, select_points
-from vlsa.tune.points import VARIANT_KEY
+from tune_spaces import GRIDS, SPACES, build_space
 from vlsa.config import ConfigError, load_config
+from vlsa.tune.points import VARIANT_KEY, sample_points, select_points
 from vlsa.tune.sweep import check_space
 
 PRESETS = ["tiny", "llava_next_llama3_8b"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from vlsa.bench.flops import Workload
-from vlsa.model.splice import IGNORE
+from vlsa.tokens import IGNORE_INDEX
 
 
 def text_ids(tokenizer, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -29,7 +29,7 @@ def synthetic_batch(model, work: Workload, *, device: torch.device | str = "cpu"
     rows = [torch.cat([image, text_ids(model.tokenizer, work.text_tokens, g)]) for _ in range(B)]
     input_ids = torch.stack(rows)  # (B, 1 + t)
     labels = input_ids.clone()
-    labels[:, 0] = IGNORE
+    labels[:, 0] = IGNORE_INDEX
     batch = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),

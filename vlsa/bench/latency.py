@@ -22,7 +22,7 @@ from vlsa.bench.device import describe, dtype_for
 from vlsa.bench.loop import build_model_on
 from vlsa.bench.report import Report, table
 from vlsa.bench.timing import interleave, paired_ratios, summary
-from vlsa.config import Config, config_from_dict
+from vlsa.config import Config
 
 VARIANTS = (("vlsa", variants.vlsa_config), ("anyres", variants.anyres_config))
 
@@ -34,9 +34,7 @@ def test_image(side: int, seed: int = 0) -> Image.Image:
 
 
 def _with_tile_cap(cfg: Config, cap: int) -> Config:
-    data = cfg.to_dict()
-    data["model"]["encoding"]["max_tiles"] = max(cap, cfg.model.encoding.max_tiles)
-    return config_from_dict(data)
+    return cfg.with_overrides({"model.encoding.max_tiles": max(cap, cfg.model.encoding.max_tiles)})
 
 
 def prefill_fn(model, side: int, device: torch.device):

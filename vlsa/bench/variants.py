@@ -6,10 +6,10 @@ Both share every size (vision tower, LLM, batch); AnyRes differs only in ``model
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from vlsa.bench.flops import Workload
-from vlsa.config import Config, StageConfig, config_from_dict, load_config
+from vlsa.config import Config, StageConfig, load_config
 
 SMOKE = ("bench.warmup=1", "bench.repeats=2", "bench.label_images=4", "bench.latency_grids=[1, 2]")
 """Overrides of ``--smoke``: the fewest runs that still exercise every code path."""
@@ -23,14 +23,12 @@ def bench_config(preset: str, overrides: Iterable[str] = (), smoke: bool = False
 
 
 def _variant(cfg: Config, projector: str, recon: bool) -> Config:
-    data = cfg.to_dict()
-    data["model"]["projector"]["type"] = projector
-    data["model"]["recon"]["enabled"] = recon
+    overrides: dict[str, Any] = {"model.projector.type": projector, "model.recon.enabled": recon}
     if not recon:
-        data["model"]["recon"]["conditioning"] = "projector"
-        for stage in data["train"]["stages"]:
-            stage["lr"] = {k: v for k, v in stage["lr"].items() if k not in RECON_MODULES}
-    return config_from_dict(data)
+        overrides["model.recon.conditioning"] = "projector"
+        for i, stage in enumerate(cfg.train.stages):
+            overrides[f"train.stages.{i}.lr"] = {k: v for k, v in stage.lr.items() if k not in RECON_MODULES}
+    return cfg.with_overrides(overrides)
 
 
 def vlsa_config(cfg: Config) -> Config:

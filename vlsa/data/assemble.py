@@ -20,13 +20,13 @@ import torch
 
 from vlsa.config import Config, DataConfig, DecodeConfig, SSFTConfig
 from vlsa.data import ssft as ssft_mod
+from vlsa.data.templates import ChatTemplate, Encoded, build_template, encode, label
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import Record, RecordRejected, Turn, read_image_bytes
-from vlsa.data.templates import IGNORE_INDEX, ChatTemplate, Encoded, build_template, encode, label
 from vlsa.labels.shards import label_key
 from vlsa.model.encoding import CompressiveEncoder, recon_pixels
 from vlsa.model.geometry import config_token_count, vision_input_side
-from vlsa.tokens import IMAGE_TOKEN
+from vlsa.tokens import IGNORE_INDEX, IMAGE_TOKEN
 
 SSFT_ATTEMPTS = 4
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from vlsa.data.templates import IGNORE_INDEX
+from vlsa.tokens import IGNORE_INDEX
 
 
 class Collator:

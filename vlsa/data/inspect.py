@@ -16,8 +16,8 @@ import sys
 
 from vlsa.config import load_config
 from vlsa.data.dataset import build_dataset
-from vlsa.data.templates import IGNORE_INDEX
 from vlsa.model.tokenizer import build_tokenizer
+from vlsa.tokens import IGNORE_INDEX
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlsa.io.records import ASSISTANT, USER, RecordRejected, Turn
-from vlsa.tokens import IMAGE_TOKEN
+from vlsa.tokens import IGNORE_INDEX, IMAGE_TOKEN
 
-IGNORE_INDEX = -100
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

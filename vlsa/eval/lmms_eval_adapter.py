@@ -22,6 +22,7 @@ import torch
 from vlsa.config import load_config
 from vlsa.eval.infer import Answerer, load_model, model_id_of, pack_images, user_text
 from vlsa.io.records import Turn, USER
+from vlsa.tokens import IGNORE_INDEX
 
 MODEL_NAME = "vlsa"
 CLASS_PATH = f"{__name__}.VLSALmms"
@@ -75,7 +76,7 @@ class VLSAEvalModel:
             raise ValueError(f"continuation {continuation!r} has no tokens")
         device = a.device
         ids = torch.tensor([prompt_ids + cont_ids], device=device)  # (1, T)
-        labels = torch.tensor([[-100] * len(prompt_ids) + cont_ids], device=device)  # (1, T)
+        labels = torch.tensor([[IGNORE_INDEX] * len(prompt_ids) + cont_ids], device=device)  # (1, T)
         views = [a.model.encoder()(im) for im in images]
         pixels = {k: v.to(device) for k, v in pack_images(views).items()} if images else {}
         counts = torch.tensor([len(images)], device=device)
@@ -83,7 +84,7 @@ class VLSAEvalModel:
         logits = a.model.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                         use_cache=False).logits.float()  # (1, T', V)
         target = spliced.labels[0, 1:]
-        scored = target != -100
+        scored = target != IGNORE_INDEX
         logp = torch.log_softmax(logits[0, :-1], dim=-1)[scored]  # (n, V)
         chosen = target[scored]
         total = logp.gather(1, chosen[:, None]).sum()

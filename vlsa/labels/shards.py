@@ -20,8 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlsa.io.records import Record
 from vlsa.io import storage
+from vlsa.io.records import Record
 from vlsa.labels.schema import (
     LABEL_SCHEMA,
     LABELS_DIR,

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from vlsa.config import DecodeConfig, config_from_dict
+from vlsa.io import storage
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import RecordRejected, read_image_bytes, safe_relative_path
-from vlsa.io import storage
 from vlsa.labels.compute import LabelComputer, LabelGeometry, PreparedImage, prepare
 from vlsa.labels.schema import REJECT_SCHEMA
 from vlsa.labels.shards import Item, label_table, labels_uri, rejects_uri, write_table

@@ -187,7 +187,8 @@ def build_model(cfg: Config) -> VLSAModel:
         torch.manual_seed(cfg.model.seed)
         _fit_vocabulary(llm, tokenizer)
         d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
-        projector = build_projector(cfg.model.projector, d, D, num_patches=num_patches(vision.config.image_size, vision.config.patch_size))
+        l = num_patches(vision.config.image_size, vision.config.patch_size)
+        projector = build_projector(cfg.model.projector, d, D, num_patches=l)
         recon_head = build_recon_head(cfg, D) if cfg.model.recon.enabled else None
     return VLSAModel(cfg.model, vision, projector, llm, tokenizer, recon_head)
 

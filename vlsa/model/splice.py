@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE = -100
+from vlsa.tokens import IGNORE_INDEX
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Spliced:
 
     inputs_embeds: torch.Tensor  # (B, T, D)
     attention_mask: torch.Tensor  # (B, T) long
-    labels: torch.Tensor | None  # (B, T) long, IGNORE at image and pad positions
+    labels: torch.Tensor | None  # (B, T) long, IGNORE_INDEX at image and pad positions
     ssft_mask: torch.Tensor | None  # (B, T) bool
     image_index: torch.Tensor  # (B, T) long: global image index at image positions, -1 elsewhere
     spans: list[tuple[int, int, int]]  # per image, in order: (sample, start, length)
@@ -74,7 +74,7 @@ def _sample_pieces(ids, emb, lab, ssft, visual, first_image: int, image_token_id
             )
         n = tokens.shape[0]
         spans.append((b, sum(p.shape[0] for p in pieces["emb"]), n))
-        add(tokens.to(emb.dtype), lab.new_full((n,), IGNORE), ssft.new_zeros(n), ids.new_full((n,), first_image + k))
+        add(tokens.to(emb.dtype), lab.new_full((n,), IGNORE_INDEX), ssft.new_zeros(n), ids.new_full((n,), first_image + k))
         cursor = start + length
     add(emb[cursor:], lab[cursor:], ssft[cursor:], torch.full_like(ids[cursor:], -1))
     return {key: torch.cat(val) for key, val in pieces.items()}, spans
@@ -93,7 +93,7 @@ def splice_visual_tokens(
     max_length: int = 0,
 ) -> Spliced:
     """LLM inputs with ``visual[i]`` (n_i, D) at the i-th image placeholder of the batch (in order)."""
-    labels_in = labels if labels is not None else torch.full_like(input_ids, IGNORE)
+    labels_in = labels if labels is not None else torch.full_like(input_ids, IGNORE_INDEX)
     ssft_in = ssft_mask if ssft_mask is not None else torch.zeros_like(input_ids, dtype=torch.bool)
     samples, spans, first = [], [], 0
     for b in range(input_ids.shape[0]):
@@ -113,7 +113,7 @@ def splice_visual_tokens(
 def _pad(samples: list[dict], spans, pad_left: bool, has_labels: bool, has_ssft: bool) -> Spliced:
     """Stack per-sample tensors, padding to the longest (spans shift by the left padding)."""
     T = max(s["emb"].shape[0] for s in samples)
-    fills = {"emb": 0.0, "lab": IGNORE, "ssft": False, "idx": -1, "mask": 0}
+    fills = {"emb": 0.0, "lab": IGNORE_INDEX, "ssft": False, "idx": -1, "mask": 0}
     out: dict[str, list[torch.Tensor]] = {key: [] for key in fills}
     shifts = []
     for s in samples:

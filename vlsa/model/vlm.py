@@ -22,7 +22,7 @@ from vlsa.config import ModelConfig
 from vlsa.model.encoding import CompressiveEncoder
 from vlsa.model.geometry import num_patches
 from vlsa.model.projectors import ProjectorOutput
-from vlsa.model.splice import IGNORE, Spliced, check_image_counts, splice_visual_tokens
+from vlsa.model.splice import Spliced, check_image_counts, splice_visual_tokens
 from vlsa.model.vdep import vdep_loss
 
 BATCH_TENSORS = {
@@ -162,7 +162,7 @@ class VLSAModel(nn.Module):
         vdep_samples = self._vdep_samples(input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
         if lm_labels is not None and vdep_on and self._splits_batch():
-            lm_labels = lm_labels.masked_fill(vdep_samples[:, None], IGNORE)  # VDEP half: image loss only
+            lm_labels = lm_labels.masked_fill(vdep_samples[:, None], tokens.IGNORE_INDEX)  # VDEP half: image loss only
         out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                   output_hidden_states=vdep_on or cond_hidden, use_cache=False)
         loss_lm, loss_sft, loss_ssft = lm_losses(out.logits, lm_labels, spliced.ssft_mask)
@@ -259,9 +259,9 @@ def lm_losses(logits, labels, ssft_mask):
     """(L over all label positions, L over SFT positions, L over SSFT positions); parts None when empty."""
     if labels is None:
         return None, None, None
-    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
+    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=tokens.IGNORE_INDEX,
                                 reduction="none")  # (B, T-1)
-    valid = labels[:, 1:] != IGNORE
+    valid = labels[:, 1:] != tokens.IGNORE_INDEX
     ssft = ssft_mask[:, 1:] & valid if ssft_mask is not None else torch.zeros_like(valid)
     loss = per_token[valid].mean() if valid.any() else logits.sum() * 0.0  # keeps the graph for empty batches
     sft = per_token[valid & ~ssft].mean() if (valid & ~ssft).any() else None

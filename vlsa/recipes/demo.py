@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from vlsa.config import Config, config_from_dict, load_config
+from vlsa.config import Config, load_config
 from vlsa.data.demo import generate_demo
 from vlsa.eval.demo import evaluate
 from vlsa.io import tracking
@@ -42,15 +42,15 @@ def prepare_data(cfg: Config, root: Path):
     Returns (config with data paths, ``DemoPaths``). Needs Ray (the labeling runs on Ray Data).
     """
     paths = generate_demo(cfg.demo, root, seed=cfg.train.seed)
-    data = cfg.to_dict()
-    for stage in data["train"]["stages"]:
-        stage_data = stage["data"]
-        stage_data["train"] = stage_data["train"] or paths.train_file(stage_data["template"])
-        stage_data["image_root"] = stage_data["image_root"] or paths.image_root
-        if not stage_data["labels"] and (stage_data["ssft"]["p_vq"] > 0 or stage_data["ssft"]["p_px"] > 0):
-            stage_data["labels"] = labels_dir(cfg, root, stage_data["train"])
-            run_labeling(cfg, stage_data["train"], stage_data["image_root"], stage_data["labels"])
-    return config_from_dict(data), paths
+    overrides = {}
+    for i, stage in enumerate(cfg.train.stages):
+        data, key = stage.data, f"train.stages.{i}.data"
+        train, image_root = data.train or paths.train_file(data.template), data.image_root or paths.image_root
+        overrides |= {f"{key}.train": train, f"{key}.image_root": image_root}
+        if not data.labels and (data.ssft.p_vq > 0 or data.ssft.p_px > 0):
+            overrides[f"{key}.labels"] = labels_dir(cfg, root, train)
+            run_labeling(cfg, train, image_root, overrides[f"{key}.labels"])
+    return cfg.with_overrides(overrides), paths
 
 
 def log_evaluation(outcome, result: dict, seconds: dict[str, float]) -> None:

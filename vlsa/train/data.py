@@ -58,7 +58,7 @@ def build_stage_data(cfg: Config, stage: StageConfig, tokenizer, *, rank: int, w
                                    seed=cfg.train.seed)
     loader = DataLoader(
         dataset, batch_size=stage.micro_batch, sampler=sampler, collate_fn=Collator(tokenizer.pad_token_id),
-        num_workers=cfg.train.num_workers, generator=torch.Generator().manual_seed(cfg.train.seed),
+        num_workers=cfg.train.loader_workers, generator=torch.Generator().manual_seed(cfg.train.seed),
         persistent_workers=False, drop_last=False,
     )
     return StageData(dataset, sampler, loader, stage_total_steps(stage, len(dataset), world_size))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vlsa.config import Config, config_from_dict
+from vlsa.config import Config
 from vlsa.io import storage, tracking
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.loop import JobInfo, train_worker
@@ -46,9 +46,7 @@ def resolve(cfg: Config) -> Config:
     """The config with a local ``run.storage_path`` made absolute (workers run in other folders)."""
     if storage.is_s3(cfg.run.storage_path):
         return cfg
-    data = cfg.to_dict()
-    data["run"]["storage_path"] = str(Path(cfg.run.storage_path).expanduser().resolve())
-    return config_from_dict(data)
+    return cfg.with_overrides({"run.storage_path": str(Path(cfg.run.storage_path).expanduser().resolve())})
 
 
 def worker_env() -> dict[str, str]:

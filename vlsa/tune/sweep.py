@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsa.config import Config, ConfigError, config_from_dict, flatten
+from vlsa.config import Config, ConfigError, flatten
 from vlsa.data.demo import generate_demo
 from vlsa.io import storage, tracking
 from vlsa.io.tracking import tracking_uri
@@ -56,14 +56,14 @@ def with_demo_data(cfg: Config, folder: str) -> Config:
     if all(s.data.train for s in cfg.train.stages):
         return cfg
     demo = generate_demo(cfg.demo, folder, seed=cfg.train.seed)
-    data = cfg.to_dict()
-    for i, stage in enumerate(data["train"]["stages"]):
-        if not stage["data"]["train"]:  # captions for the first stage, conversations after it
-            stage["data"]["train"] = demo.pretrain if i == 0 else demo.instruct
-            stage["data"]["image_root"] = demo.image_root
-    if not data["eval"]["data"]:
-        data["eval"]["data"], data["eval"]["image_root"] = demo.eval, demo.image_root
-    return config_from_dict(data)
+    overrides = {}
+    for i, stage in enumerate(cfg.train.stages):
+        if not stage.data.train:  # captions for the first stage, conversations after it
+            overrides[f"train.stages.{i}.data.train"] = demo.pretrain if i == 0 else demo.instruct
+            overrides[f"train.stages.{i}.data.image_root"] = demo.image_root
+    if not cfg.eval.data:
+        overrides |= {"eval.data": demo.eval, "eval.image_root": demo.image_root}
+    return cfg.with_overrides(overrides)
 
 
 def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:

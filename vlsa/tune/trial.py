@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlsa.config import Config, ConfigError, apply_override, config_from_dict
+from vlsa.config import Config, ConfigError, config_from_dict
 from vlsa.data.demo import DemoPaths
 from vlsa.eval.demo import evaluate
 from vlsa.io import tracking
@@ -24,20 +24,16 @@ from vlsa.tune.tracking import open_trial_run
 
 def apply_point(cfg: Config, point: dict[str, Any]) -> Config:
     """``cfg`` with a point's ``{dotted path: value}`` applied and validated (a bad path or value raises)."""
-    data = cfg.to_dict()
     try:
-        for path, value in sorted(point.items()):
-            apply_override(data, path, value)
-        return config_from_dict(data)
+        return cfg.with_overrides(dict(sorted(point.items())))
     except ConfigError as err:
         raise ConfigError(f"search-space point {point} is not a valid config: {err}") from err
 
 
 def trial_config(base: dict[str, Any], point: dict[str, Any], *, name: str, storage_path: str) -> Config:
     """The base config with the trial's point applied, run under its own name and folder."""
-    data = apply_point(config_from_dict(base), point).to_dict()
-    data["run"]["name"], data["run"]["storage_path"] = name, storage_path
-    return config_from_dict(data)
+    trial = apply_point(config_from_dict(base), point)
+    return trial.with_overrides({"run.name": name, "run.storage_path": storage_path})
 
 
 def report_step(info) -> None:
