@@ -28,7 +28,7 @@ class ProjectorLoss(nn.Module):
 
 
 def _zero3_engine(model: nn.Module):
-    from vlsa.train.loop import import_deepspeed
+    from vlsa.train.deepspeed_cpu import import_deepspeed
 
     config = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}

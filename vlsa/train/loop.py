@@ -32,6 +32,7 @@ from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
 from vlsa.train.data import build_stage_data, take
 from vlsa.train.deepspeed_config import deepspeed_config
+from vlsa.train.deepspeed_cpu import import_deepspeed
 from vlsa.train.schedule import build_scheduler
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
 
@@ -90,23 +91,6 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------------------ setup
-
-
-def import_deepspeed():
-    """DeepSpeed, with its CPU accelerator where there is no GPU (gloo, no op builds).
-
-    On CPU, DeepSpeed's communication layer would JIT-compile a shared-memory all-reduce kernel
-    (a C++ toolchain and about a minute on first use) that only its inference path calls; training
-    goes through ``torch.distributed``, so the kernel is marked unavailable instead of compiled.
-    """
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-
-    if not torch.cuda.is_available():
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    return deepspeed
 
 
 def setup_worker(use_gpu: bool) -> Worker:
