@@ -26,7 +26,7 @@ def component_config(part: ComponentConfig, name: str) -> dict[str, Any]:
     uri = storage.join(folder, "config.json")
     try:
         if storage.is_s3(uri) or Path(uri).expanduser().is_file():
-            return json.loads(storage.read_bytes(uri) if storage.is_s3(uri) else Path(uri).expanduser().read_text())
+            return json.loads(storage.read_bytes(uri))
         from transformers import PretrainedConfig  # a hub name: transformers resolves and caches it
 
         return PretrainedConfig.get_config_dict(part.path, subfolder=part.subfolder)[0]
