@@ -1,2 +1,2 @@
-"""Training data: safe image decoding, LLaVA-format readers, chat templates, cognition-alignment
-augmentation, sample assembly, batching and the generated demo dataset."""
+"""Training data: chat templates, cognition-alignment augmentation, sample assembly, batching and the
+generated demo dataset. LLaVA record reading and safe image decoding are below it, in ``vlsa.io``."""
