@@ -14,6 +14,8 @@ import pytest
 
 from vlsa.bench.__main__ import main
 
+pytestmark = pytest.mark.integration  # every benchmark end to end: kept out of the fast unit tier
+
 
 def bench_json(capsys, name: str, cache_dir: str, *extra: str) -> dict:
     """Run ``python -m vlsa.bench NAME --preset tiny --smoke --json`` in-process and parse its stdout."""
@@ -109,7 +111,6 @@ def test_latency(capsys, cache_dir, tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.integration
 def test_ray_overhead(capsys, cache_dir):
     r, log = bench_json_and_log(capsys, "ray-overhead", cache_dir)
     # Ray Train's placement-group cleaner queries the State API; without the dashboard that serves it,

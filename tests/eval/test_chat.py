@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vlsa.chat import main
 
 
@@ -15,6 +17,7 @@ def _image(demo) -> str:
     return str(sorted(Path(demo.image_root, "eval").iterdir())[0])
 
 
+@pytest.mark.integration  # the command end to end, in its own process
 def test_chat_command_answers_a_question_about_an_image(exported_model, demo, cache_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(

@@ -71,6 +71,7 @@ def _build_on_rank(rank: int, store: str, cache_dir: str, sums) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # a two-process torch.distributed group
 def test_every_distributed_rank_builds_its_tiny_part(tmp_path):
     """Each rank builds into its own cache (workers on different nodes do not share a disk), although
     transformers' save_pretrained writes nothing on a non-zero rank."""
