@@ -15,6 +15,7 @@ PAPER_PRESETS = [
     "llava_next_llama3_8b_stage1",
     "llava_next_llama3_8b_stage2",
     "llava_next_llama3_8b_3stage",
+    "llava_next_llama3_8b_ex25",
     "llava_next_anyres",
     "ross",
     "vdep",
@@ -54,22 +55,29 @@ def test_baselines_switch_the_right_parts():
     assert vdep.vdep.enabled and vdep.vdep.alpha == 0.001 and not vdep.recon.enabled
 
 
-def test_ross_denoiser_starts_random_at_sd3_medium_shape():
-    """ROSS's denoiser is randomly initialised (VLSA App. B.10): built from `init`, never the base's SD3 path."""
-    import inspect
+def test_ross_is_rosss_own_head():
+    """ROSS (paper 004, Sec. 4.2, Tab. 6): its encoder-block denoiser on KL-16 latents, no SD3 MMDiT,
+    no Epigone, the vision encoder frozen in both stages."""
+    ross = load_config("ross")
+    recon = ross.model.recon
+    assert recon.head == "ross" and recon.conditioning == "llm_hidden"
+    assert not recon.denoiser.defined()  # the SD3 MMDiT is not part of ROSS
+    assert recon.image_size == 384  # 24x24 KL-16 latent tokens <-> the 24x24 base-view tokens
+    assert recon.ross.beta_schedule == "squaredcos_cap_v2" and recon.ross.train_timesteps == 1000
+    stage1, stage2 = ross.train.stages
+    assert set(stage1.lr) == {"projector", "denoiser"} and set(stage2.lr) == {"projector", "denoiser", "llm"}
+    assert (stage1.global_batch, stage1.micro_batch, stage2.global_batch, stage2.micro_batch) == (256, 16, 128, 4)
+    assert (stage1.lr["projector"], stage2.lr["llm"]) == (1e-3, 2e-5)
 
-    from diffusers import SD3Transformer2DModel
 
-    vlsa, ross = (load_config(n).model.recon for n in ("llava_next_llama3_8b", "ross"))
-    assert vlsa.denoiser.path and not vlsa.denoiser.init  # VLSA starts from pretrained SD3-medium
-    assert ross.denoiser.path == "" and ross.denoiser.subfolder == ""  # load_component takes `init`
-    init = ross.denoiser.init
-    assert set(init) <= set(inspect.signature(SD3Transformer2DModel.__init__).parameters)
-    inner = init["num_attention_heads"] * init["attention_head_dim"]
-    assert (init["num_layers"], inner, init["joint_attention_dim"], init["pooled_projection_dim"]) == (24, 1536, 4096, 2048)
-    assert (init["caption_projection_dim"], init["patch_size"], init["in_channels"]) == (1536, 2, 16)
-    assert init == load_config("bench_gpu").model.recon.denoiser.init  # the SD3-medium shape stated there
-    assert ross.vae == vlsa.vae and ross.vae.path  # the frozen VAE stays pretrained
+def test_vlsa_ex25_keeps_vlsa_and_changes_only_the_cue():
+    """Tab. 17 ex25: SA-Perceiver, Epigone and SD3-medium init of VLSA, cued by the LLM's outputs."""
+    vlsa_cfg, ex25 = load_config("llava_next_llama3_8b"), load_config("llava_next_llama3_8b_ex25")
+    assert ex25.model.recon.conditioning == "llm_hidden" and vlsa_cfg.model.recon.conditioning == "projector"
+    assert ex25.model.recon.head == "sd3" and ex25.model.recon.denoiser.path
+    a, b = flatten(vlsa_cfg.to_dict()), flatten(ex25.to_dict())
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ <= {"model.recon.conditioning", "run.name", "preset"}, differ
 
 
 def test_dotted_overrides_reach_nested_fields_and_list_items():

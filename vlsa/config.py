@@ -132,12 +132,48 @@ class EpigoneConfig:
     """Intermediate width of the two-layer MLP (App. B.1)."""
 
 
+RECON_HEADS = ("sd3", "ross")
+DDPM_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@dataclass
+class RossDenoiserConfig:
+    """ROSS's own denoiser (paper 004, Sec. 4.2, Fig. 4b): Transformer-encoder blocks, random init.
+
+    Each block adds projections of the condition (the LLM's outputs at the image positions), the
+    noisy latent tokens and the timestep embedding to its input, then runs a standard self-attention
+    encoder block; the head predicts the DDPM noise epsilon per latent token.
+    """
+
+    layers: int = 3
+    """Transformer-encoder blocks."""
+    width: int = 1024
+    """Token width inside the denoiser."""
+    heads: int = 16
+    """Attention heads per block."""
+    train_timesteps: int = 1000
+    """DDPM diffusion steps T (t is drawn uniformly from 0..T-1)."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """DDPM noise schedule (diffusers ``DDPMScheduler`` name; cosine by default)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.recon.ross.beta_schedule", self.beta_schedule, DDPM_SCHEDULES)
+        for name in ("layers", "width", "heads", "train_timesteps"):
+            _check_positive(f"model.recon.ross.{name}", getattr(self, name))
+        if self.width % self.heads:
+            raise ConfigError(f"model.recon.ross.width {self.width} is not divisible by heads {self.heads}")
+
+
 @dataclass
 class ReconConfig:
     """Reconstructive training with an LDM (Eq. 3): SD3 MMDiT denoiser and frozen VAE."""
 
     enabled: bool = True
     """Compute L_rec; false removes the denoiser, VAE and Epigone (LLaVA baselines)."""
+    head: str = "sd3"
+    """``sd3``: Epigone + SD3 MMDiT, rectified flow (VLSA); ``ross``: ROSS's encoder-block denoiser, DDPM epsilon loss."""
+    ross: RossDenoiserConfig = field(default_factory=RossDenoiserConfig)
+    """The ROSS denoiser (used when ``head`` is ``ross``; ``denoiser`` and ``epigone`` are then unused)."""
     conditioning: str = "projector"
     """Cue for the denoiser: ``projector`` outputs (VLSA) or ``llm_hidden`` states over the image span (ROSS, ex25)."""
     denoiser: ComponentConfig = field(default_factory=ComponentConfig)
@@ -155,6 +191,9 @@ class ReconConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.recon.conditioning", self.conditioning, ("projector", "llm_hidden"))
+        _check_choice("model.recon.head", self.head, RECON_HEADS)
+        if self.head == "ross" and self.conditioning != "llm_hidden":
+            raise ConfigError("model.recon.head=ross conditions on the LLM's image outputs: set model.recon.conditioning=llm_hidden")
         _check_positive("model.recon.image_size", self.image_size)
 
 
@@ -169,7 +208,7 @@ class VDEPConfig:
     autoregressive: bool = True
     """Hidden state at image position i regresses the projector output at i+1 (false: same position)."""
     split_batch: bool = True
-    """In pre-training, half of each batch in VDEP mode and half in plain mode (as the paper)."""
+    """In pre-training, the data doubled (as the paper): every sample once in VDEP mode, once in plain mode."""
     in_finetuning: bool = False
     """Also add L_vdep in stages that train the LLM (the paper uses it in pre-training only)."""
 
@@ -556,12 +595,16 @@ class Config:
         for stage in self.train.stages:
             if not recon.enabled and ({"denoiser", "epigone"} & set(stage.lr)):
                 raise ConfigError(f"stage {stage.name} trains denoiser/epigone but model.recon.enabled=false")
+            if recon.head == "ross" and "epigone" in stage.lr:
+                raise ConfigError(f"stage {stage.name} trains epigone, which ROSS's head does not have (model.recon.head=ross)")
 
     def _check_components(self) -> None:
         model = self.model
         needed = {"model.vision": model.vision, "model.llm": model.llm}
         if model.recon.enabled:
-            needed |= {"model.recon.denoiser": model.recon.denoiser, "model.recon.vae": model.recon.vae}
+            needed["model.recon.vae"] = model.recon.vae
+        if model.recon.enabled and model.recon.head == "sd3":  # ROSS's denoiser is built from model.recon.ross
+            needed["model.recon.denoiser"] = model.recon.denoiser
         if any(s.data.ssft.p_vq > 0 for s in self.train.stages):
             needed["model.vq"] = model.vq
         missing = [name for name, part in needed.items() if not part.defined()]

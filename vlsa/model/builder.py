@@ -148,6 +148,24 @@ def build_denoiser(cfg: Config):
 
 
 def build_recon_head(cfg: Config, llm_dim: int):
+    """The reconstruction head of ``model.recon.head``: VLSA's (SD3) or ROSS's."""
+    if cfg.model.recon.head == "ross":
+        return build_ross_head(cfg, llm_dim)
+    return build_sd3_head(cfg, llm_dim)
+
+
+def build_ross_head(cfg: Config, llm_dim: int):
+    """ROSS: a random-init encoder-block denoiser conditioned on the LLM's image outputs + frozen KL VAE."""
+    from vlsa.model.ross import RossHead
+
+    recon = cfg.model.recon
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.seed)
+        return RossHead(recon.ross, build_vae(cfg), cond_dim=llm_dim, image_size=recon.image_size,
+                        sample_steps=recon.sample_steps)
+
+
+def build_sd3_head(cfg: Config, llm_dim: int):
     """Epigone + SD3 denoiser + frozen VAE, sized from the denoiser's own config."""
     from vlsa.model.epigone import Epigone
     from vlsa.model.reconstruction import ReconstructionHead

@@ -6,7 +6,8 @@ checkpoint keys map simply; ``recon_head`` (Epigone, denoiser, frozen VAE) exist
 whose ``loss`` is ``w_lm * loss_lm + w_rec * loss_rec + alpha * loss_vdep``. The stage weights are
 set with ``set_loss_weights(w_lm, w_rec, pretraining)`` (``vlsa.model.params.apply_stage`` does it
 together with the freezing); the weights default to 1 and ``pretraining`` to True. ``pretraining``
-only matters for VDEP, which the paper applies in pre-training with its half/half batch split.
+only matters for VDEP, which the paper applies in pre-training on doubled data: each sample once in
+VDEP mode (image loss only) and once in plain mode (text loss), marked per sample by ``vdep_mode``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vlsa.model.vdep import vdep_loss
 
 BATCH_TENSORS = {
     "input_ids", "attention_mask", "labels", "ssft_mask", "image_counts", "pixel_lo", "pixel_hi",
-    "tile_mask", "recon_pixels", "recon_latent",
+    "tile_mask", "recon_pixels", "recon_latent", "vdep_mode",
 }
 
 
@@ -160,7 +161,8 @@ class VLSAModel(nn.Module):
     # ------------------------------------------------------------------------------- training
 
     def forward(self, input_ids, attention_mask=None, labels=None, ssft_mask=None, image_counts=None,
-                pixel_lo=None, pixel_hi=None, tile_mask=None, recon_pixels=None, recon_latent=None, **extra) -> VLSAOutput:
+                pixel_lo=None, pixel_hi=None, tile_mask=None, recon_pixels=None, recon_latent=None, vdep_mode=None,
+                **extra) -> VLSAOutput:
         """Losses and logits of one collated batch (non-tensor extra keys such as ``ids`` are ignored)."""
         unknown = sorted(k for k, v in extra.items() if isinstance(v, torch.Tensor))
         if unknown:
@@ -168,10 +170,10 @@ class VLSAModel(nn.Module):
         spliced, proj = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi,
                                             tile_mask, labels, ssft_mask)
         vdep_on, cond_hidden = self._vdep_active() and proj is not None, self._conditions_on_llm()
-        vdep_samples = self._vdep_samples(input_ids.shape[0], input_ids.device) if vdep_on else None
+        vdep_samples = self._vdep_samples(vdep_mode, input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
         if lm_labels is not None and vdep_on and self._splits_batch():
-            lm_labels = lm_labels.masked_fill(vdep_samples[:, None], IGNORE)  # VDEP half: image loss only
+            lm_labels = lm_labels.masked_fill(vdep_samples[:, None], IGNORE)  # VDEP mode: image loss only
         out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                   output_hidden_states=vdep_on or cond_hidden, use_cache=False)
         loss_lm, loss_sft, loss_ssft = lm_losses(out.logits, lm_labels, spliced.ssft_mask)
@@ -187,17 +189,19 @@ class VLSAModel(nn.Module):
         return self.recon_head is not None and self.config.model.recon.conditioning == "llm_hidden"
 
     def _splits_batch(self) -> bool:
-        """VDEP's half/half split: pre-training steps only (evaluation scores every sample both ways)."""
+        """VDEP's two modes: pre-training steps only (evaluation scores every sample both ways)."""
         return self.training and self.pretraining and self.config.model.vdep.split_batch
 
-    def _vdep_samples(self, batch: int, device) -> torch.Tensor:
-        """Samples in VDEP mode: a random half when splitting (pre-training), else all."""
+    def _vdep_samples(self, vdep_mode: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """Samples in VDEP mode: the batch's ``vdep_mode`` (doubled data) when splitting, else all."""
         if not self._splits_batch():
             return torch.ones(batch, dtype=torch.bool, device=device)
-        half = batch // 2 if batch > 1 else int(torch.randint(0, 2, ()))  # a single sample: a coin flip
-        mask = torch.zeros(batch, dtype=torch.bool)
-        mask[torch.randperm(batch)[:half]] = True
-        return mask.to(device)
+        if vdep_mode is None:
+            raise ValueError("a VDEP pre-training step needs the batch's `vdep_mode` (B,): train on "
+                             "vlsa.data.doubling.DoubledDataset, which gives each sample once in each mode")
+        if tuple(vdep_mode.shape) != (batch,):
+            raise ValueError(f"vdep_mode must be ({batch},), got {tuple(vdep_mode.shape)}")
+        return vdep_mode.to(device=device, dtype=torch.bool)
 
     def _recon_loss(self, proj, spliced: Spliced, out, recon_pixels, recon_latent) -> torch.Tensor | None:
         """L_rec, or None without a reconstruction head, images or targets."""
