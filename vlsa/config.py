@@ -271,8 +271,14 @@ class SSFTConfig:
     """Probability that a sample gets a pixel-value turn pair."""
     max_target_tokens: int = 1024
     """Token budget of one SSFT answer; larger targets use a smaller region or a strided grid."""
+    max_vq_tokens: int = 0
+    """Token budget of the VQ answer alone (0: ``max_target_tokens``); paper presets fit the whole quarter."""
     vq_encoding: str = "text"
     """VQ indices as text numbers (``text``, the paper) or one new token per code (``tokens``)."""
+
+    def budget(self, kind: str) -> int:
+        """Token budget of an answer of ``kind`` (``vq`` or ``px``)."""
+        return self.max_vq_tokens if kind == "vq" and self.max_vq_tokens else self.max_target_tokens
 
     def __post_init__(self) -> None:
         for name in ("p_vq", "p_px"):
@@ -281,6 +287,8 @@ class SSFTConfig:
                 raise ConfigError(f"ssft.{name} must be in [0, 1], got {value}")
         _check_choice("ssft.vq_encoding", self.vq_encoding, ("text", "tokens"))
         _check_positive("ssft.max_target_tokens", self.max_target_tokens)
+        if self.max_vq_tokens < 0:
+            raise ConfigError(f"ssft.max_vq_tokens must be >= 0, got {self.max_vq_tokens}")
 
 
 @dataclass

@@ -133,13 +133,17 @@ class SampleBuilder:
     # ------------------------------------------------------------------------------------- ssft
 
     def augment(self, record: Record, turns: list[Turn], encoded: Encoded, visual: int, rows: list, epoch: int):
-        """Insert the drawn SSFT turns that fit; returns (turns, encoded, kinds inserted)."""
+        """Insert the drawn SSFT turns that fit; returns (turns, encoded, kinds inserted, coverage by kind).
+
+        Coverage is the fraction of the drawn quarter's values the inserted answer gives (0 when the
+        target did not fit at all)."""
         draws = ssft_mod.draw(self.ssft, self.seed, epoch, record.id)
         if not draws or len(record.images) != 1 or rows[0] is None:
-            return turns, encoded, []
-        kinds = []
+            return turns, encoded, [], {}
+        kinds, coverage = [], {}
         for d in draws:
-            budget = self.ssft.max_target_tokens
+            budget = self.ssft.budget(d.kind)
+            coverage[d.kind] = 0.0
             for _ in range(SSFT_ATTEMPTS):  # shrink the target until the whole sequence fits
                 target = self._target(d, rows[0], budget)
                 if target is None:
@@ -153,9 +157,10 @@ class SampleBuilder:
                 if excess <= 0:
                     turns, encoded = new_turns, new_encoded
                     kinds.append(d.kind)
+                    coverage[d.kind] = target.coverage
                     break
                 budget = self.count_tokens(target.answer) - excess
-        return turns, encoded, kinds
+        return turns, encoded, kinds, coverage
 
     def _target(self, d: ssft_mod.Draw, row: dict, budget: int) -> ssft_mod.Target | None:
         if d.kind == "vq":
@@ -186,19 +191,21 @@ class SampleBuilder:
     def build(self, record: Record, image_root: str, epoch: int = 0) -> dict:
         """One sample: ``input_ids``, ``labels``, ``ssft_mask`` (T,), ``pixel_lo`` (n, 3, s, s),
         ``pixel_hi`` (list of n (m_i, 3, s, s)), ``recon_pixels`` (n, 3, S, S) or ``recon_latent``
-        (n, C, s', s'), plus ``id`` and ``ssft`` (the kinds of SSFT turns inserted)."""
+        (n, C, s', s'), plus ``id``, ``ssft`` (the kinds of SSFT turns inserted) and ``ssft_coverage``
+        (the fraction of each drawn target's quarter the answer covers)."""
         images = self.load_images(record, image_root)
         rows = self.label_rows(record)
         tiles = [self.encoder.num_tiles(im.width, im.height) for im in images]
         visual = sum(self.geometry.visual_tokens(m) - 1 for m in tiles)
         turns, encoded = self.fit(record, visual)
-        turns, encoded, kinds = self.augment(record, turns, encoded, visual, rows, epoch)
+        turns, encoded, kinds, coverage = self.augment(record, turns, encoded, visual, rows, epoch)
         sample = {
             "id": record.id,
             "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),  # (T,)
             "labels": torch.tensor(encoded.labels, dtype=torch.long),  # (T,)
             "ssft_mask": torch.tensor(encoded.ssft_mask, dtype=torch.bool),  # (T,)
             "ssft": kinds,
+            "ssft_coverage": coverage,
         }
         sample.update(self.pixels(images, rows))
         return sample

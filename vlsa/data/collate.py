@@ -5,7 +5,8 @@ Tensor keys: ``input_ids`` (B, T) long, right-padded with the pad id; ``attentio
 ``pixel_lo`` (N, 3, s, s); ``pixel_hi`` (N, M, 3, s, s) with ``tile_mask`` (N, M) bool (M: most tiles
 in the batch, padded tiles zero and False); and exactly one of ``recon_pixels`` (N, 3, S, S) or
 ``recon_latent`` (N, C, s', s'); ``vdep_mode`` (B,) bool when the samples come from VDEP's doubled
-data. Non-tensor keys: ``ids``, ``ssft`` (kinds per sample) and
+data. Non-tensor keys: ``ids``, ``ssft`` (kinds per sample), ``ssft_coverage`` (fraction of each drawn
+target covered, per sample) and
 ``skipped`` (reasons of records replaced while loading), which the model ignores.
 """
 
@@ -33,6 +34,7 @@ class Collator:
             batch["vdep_mode"] = torch.tensor([bool(s.get("vdep_mode", False)) for s in samples])  # (B,)
         batch["ids"] = [s["id"] for s in samples]
         batch["ssft"] = [list(s.get("ssft", [])) for s in samples]
+        batch["ssft_coverage"] = [dict(s.get("ssft_coverage", {})) for s in samples]
         batch["skipped"] = [reason for s in samples for reason in s.get("skipped", [])]
         return batch
 

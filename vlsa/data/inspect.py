@@ -3,8 +3,9 @@
 Validates every record exactly as training does (structure, images, template alignment, length),
 prints the rejected records by reason, and renders N samples with the chat template applied, the
 cognition-alignment turns inserted and the supervised spans marked ``[[...]]``. ``--json`` prints one
-JSON object: ``total``, ``accepted``, ``rejected`` (reason -> count) and ``samples`` (``id``, ``text``,
-``supervised_text``, ``supervised_spans``, ``ssft``).
+JSON object: ``total``, ``accepted``, ``rejected`` (reason -> count), ``ssft_coverage`` (mean fraction of
+each drawn SSFT target covered over the rendered samples) and ``samples`` (``id``, ``text``,
+``supervised_text``, ``supervised_spans``, ``ssft``, ``ssft_coverage``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sys
 
 from vlsa.config import load_config
+from vlsa.data.ssft import CoverageMeter
 from vlsa.data.templates import IGNORE_INDEX
 
 
@@ -68,7 +70,7 @@ def render_sample(sample: dict, tokenizer) -> dict:
     supervised = [decode(ids[s:e]) for s, e in runs]
     return {"id": sample["id"], "text": decode(ids), "supervised_text": "".join(supervised),
             "supervised_spans": supervised, "marked": "".join(marked), "ssft": sample["ssft"],
-            "tokens": len(ids)}
+            "ssft_coverage": sample.get("ssft_coverage", {}), "tokens": len(ids)}
 
 
 def inspect(args: argparse.Namespace) -> dict:
@@ -88,6 +90,9 @@ def inspect(args: argparse.Namespace) -> dict:
     count = min(args.samples, len(dataset))
     picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)}) if count else []
     report["samples"] = [render_sample(dataset[i], tokenizer) for i in picks]
+    meter = CoverageMeter()
+    meter.update([s["ssft_coverage"] for s in report["samples"]])
+    report["ssft_coverage"] = meter.means()
     return report
 
 
@@ -95,6 +100,8 @@ def print_report(report: dict) -> None:
     print(f"records: {report['total']}  accepted: {report['accepted']}  rejected: {sum(report['rejected'].values())}")
     for reason, n in report["rejected"].items():
         print(f"  {reason}: {n}")
+    for name, value in report["ssft_coverage"].items():
+        print(f"{name} (rendered samples): {value:.3f}")
     for sample in report["samples"]:
         ssft = sample["ssft"] or "none"
         print(f"\n--- {sample['id']} ({sample['tokens']} tokens, ssft: {ssft}); supervised in [[...]]")

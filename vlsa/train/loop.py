@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from vlsa.config import Config, ConfigError, config_from_dict
+from vlsa.data.ssft import CoverageMeter
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
@@ -247,6 +248,7 @@ class StageRun:
             cfg, stage_index, plan.weights, worker, self.data.total_steps)
         guard = SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} ")
         self.progress = train_state.Progress(0, guard)
+        self.coverage = CoverageMeter()  # SSFT targets covered, on this worker's samples
         resume = plan.resume if plan.start == stage_index else None
         if resume is not None:
             self._restore(resume)
@@ -297,6 +299,8 @@ class StageRun:
 
         info = StepInfo(self.index, self.stage.name, self.progress.step + 1, self.worker.rank)
         batches = take(stream, accumulation)
+        for batch in batches:
+            self.coverage.update(batch.get("ssft_coverage", []))
         if self.hooks.on_batch is not None:
             batches = [self.hooks.on_batch(b, info) for b in batches]
         batches = [to_device(b, self.worker.device) for b in batches]
@@ -316,7 +320,7 @@ class StageRun:
         if self.worker.rank != 0:
             return
         epoch = self.progress.samples / max(1, len(self.data.dataset))
-        metrics = step_metrics(result, lrs, self.progress, seconds, epoch)
+        metrics = step_metrics(result, lrs, self.progress, seconds, epoch) | self.coverage.means()
         self.tracker.log_metrics(metrics, self.progress.step)
         total = self.data.total_steps
         if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
