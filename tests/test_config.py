@@ -135,3 +135,16 @@ def test_import_vlsa_imports_neither_ray_nor_deepspeed():
     code = "import sys, vlsa; vlsa.load_config('tiny'); print('ray' in sys.modules, 'deepspeed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("preset", ["llava15_hd_vicuna7b", "llava_next_llama3_8b"])
+def test_paper_presets_reconstruct_the_high_resolution_canvas(preset):
+    """Sec. 3.1: the 672 px canvas of up to 4 tiles -> an 84x84 latent that SD3-medium's MMDiT accepts."""
+    from types import SimpleNamespace
+
+    from vlsa.model.reconstruction import _check_geometry
+
+    cfg = load_config(preset)
+    assert cfg.model.recon.image_size == 672 == 2 * 336 and cfg.model.encoding.max_tiles == 4
+    sd3 = load_config("bench_gpu").model.recon.denoiser.init  # SD3-medium's MMDiT shape
+    _check_geometry(SimpleNamespace(**sd3), channels=16, latent_size=672 // 8, image_size=672)
