@@ -17,6 +17,8 @@ PAPER_PRESETS = [
     "llava_next_llama3_8b_3stage",
     "llava_next_llama3_8b_ex25",
     "llava_next_anyres",
+    "llava15_baseline",
+    "llava15_hd_baseline",
     "ross",
     "vdep",
 ]
@@ -66,8 +68,11 @@ def test_ross_is_rosss_own_head():
     assert recon.ross.beta_schedule == "squaredcos_cap_v2" and recon.ross.train_timesteps == 1000
     stage1, stage2 = ross.train.stages
     assert set(stage1.lr) == {"projector", "denoiser"} and set(stage2.lr) == {"projector", "denoiser", "llm"}
-    assert (stage1.global_batch, stage1.micro_batch, stage2.global_batch, stage2.micro_batch) == (256, 16, 128, 4)
-    assert (stage1.lr["projector"], stage2.lr["llm"]) == (1e-3, 2e-5)
+    vlsa1, vlsa2 = load_config("llava_next_llama3_8b").train.stages
+    for ours, theirs in ((stage1, vlsa1), (stage2, vlsa2)):  # the schedule of the VLSA preset it is compared with
+        assert (ours.global_batch, ours.micro_batch, ours.warmup_ratio) == (theirs.global_batch, theirs.micro_batch,
+                                                                            theirs.warmup_ratio)
+        assert all(ours.lr[k] == theirs.lr[k] for k in ours.lr)
 
 
 def test_vlsa_ex25_keeps_vlsa_and_changes_only_the_cue():
@@ -148,3 +153,24 @@ def test_paper_presets_reconstruct_the_high_resolution_canvas(preset):
     assert cfg.model.recon.image_size == 672 == 2 * 336 and cfg.model.encoding.max_tiles == 4
     sd3 = load_config("bench_gpu").model.recon.denoiser.init  # SD3-medium's MMDiT shape
     _check_geometry(SimpleNamespace(**sd3), channels=16, latent_size=672 // 8, image_size=672)
+
+
+@pytest.mark.parametrize("baseline,vlsa_preset", [("llava_next_anyres", "llava_next_llama3_8b"),
+                                                  ("llava15_baseline", "llava15_hd_vicuna7b"),
+                                                  ("llava15_hd_baseline", "llava15_hd_vicuna7b"),
+                                                  ("vdep", "llava_next_llama3_8b")])
+def test_baselines_train_on_the_schedule_of_their_vlsa_preset(baseline, vlsa_preset):
+    """Tab. 11: a baseline differs from the VLSA preset it is compared with in the method, not the schedule."""
+    ours, theirs = load_config(baseline), load_config(vlsa_preset)
+    assert not ours.model.recon.enabled and ours.model.llm == theirs.model.llm and ours.model.vision == theirs.model.vision
+    for a, b in zip(ours.train.stages, theirs.train.stages, strict=True):
+        assert (a.global_batch, a.micro_batch, a.zero_stage, a.data.train) == (b.global_batch, b.micro_batch,
+                                                                               b.zero_stage, b.data.train)
+        assert a.lr == {k: v for k, v in b.lr.items() if k in ("projector", "vision", "llm")}
+        assert a.data.ssft.p_vq == a.data.ssft.p_px == 0
+
+
+def test_llava15_baselines_take_llavas_views():
+    one, hd = load_config("llava15_baseline").model, load_config("llava15_hd_baseline").model
+    assert (one.projector.type, one.encoding.lowres_view, one.encoding.max_tiles) == ("mlp2x_gelu", "square_pad", 1)
+    assert (hd.projector.type, hd.encoding.lowres_view, hd.encoding.max_tiles) == ("hd_grid", "canvas", 4)

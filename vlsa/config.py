@@ -93,12 +93,19 @@ class EncodingConfig:
 
     max_tiles: int = 4
     """Cap on the number of tiles m; larger images are resized first."""
+    lowres_view: str = "canvas"
+    """X_Lo: the padded canvas resized (``canvas``, VLSA) or LLaVA-1.5's mean-colour square padding (``square_pad``)."""
+    anyres_grids: list[list[int]] = field(default_factory=lambda: [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]])
+    """LLaVA-NeXT ``image_grid_pinpoints`` in tiles (rows, cols) of the vision input side (the ``anyres`` projector)."""
 
     def __post_init__(self) -> None:
         _check_positive("model.encoding.max_tiles", self.max_tiles)
+        _check_choice("model.encoding.lowres_view", self.lowres_view, ("canvas", "square_pad"))
+        if not self.anyres_grids or any(len(g) != 2 or min(g) < 1 for g in self.anyres_grids):
+            raise ConfigError(f"model.encoding.anyres_grids must be [rows, cols] pairs >= 1, got {self.anyres_grids}")
 
 
-PROJECTORS = ("sa_perceiver", "mlp2x_gelu", "anyres", "qformer", "pixel_unshuffle")
+PROJECTORS = ("sa_perceiver", "mlp2x_gelu", "hd_grid", "anyres", "qformer", "pixel_unshuffle")
 
 
 @dataclass
@@ -106,7 +113,8 @@ class ProjectorConfig:
     """The vision-language projector: the SA-Perceiver or a baseline (Tab. 8-9)."""
 
     type: str = "sa_perceiver"
-    """One of sa_perceiver, mlp2x_gelu (LLaVA, low-res view), anyres (LLaVA-NeXT), qformer, pixel_unshuffle."""
+    """One of sa_perceiver, mlp2x_gelu (LLaVA-1.5, low-res view), hd_grid (LLaVA-1.5-HD: base view + every tile),
+    anyres (LLaVA-NeXT: its own tiling, unpadding and newline tokens), qformer, pixel_unshuffle."""
     heads: int = 16
     """Attention heads of the perceiver / resampler (d_h = d / heads)."""
     self_attention: bool = True

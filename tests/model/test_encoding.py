@@ -36,7 +36,7 @@ def test_tiles_are_the_padded_canvas():
     assert target.shape == (3, 16, 16) and target.min() >= -1 and target.max() <= 1
 
 
-def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_anyres(tiny_model, cache_dir):
+def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_the_hd_grid(tiny_model, cache_dir):
     images = [solid(451, 300), solid(427, 640), solid(60, 20)]
     texts = ["<image>\nred", "<image>\nblue", "<image>\ngreen"]
     tiles = [tiny_model.encoder().num_tiles(im.width, im.height) for im in images]
@@ -47,7 +47,7 @@ def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_anyres(tiny_model, 
                                            batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"])
     assert [n for _, _, n in spliced.spans] == [l, l, l]
 
-    anyres = vlsa.build_model(tiny_config(cache_dir, "model.projector.type=anyres", "model.recon.enabled=false",
+    anyres = vlsa.build_model(tiny_config(cache_dir, "model.projector.type=hd_grid", "model.recon.enabled=false",
                                           "train.stages.0.lr={projector: 0.001}", "train.stages.1.lr={projector: 0.001}"))
     spliced, _ = anyres.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["image_counts"],
                                        batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"])

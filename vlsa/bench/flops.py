@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 
 from vlsa.config import ComponentConfig, Config, ProjectorConfig
 from vlsa.io import storage
+from vlsa.model.anyres import squarest_grid
 
 GATED_LLMS = ("llama", "mistral", "qwen2", "qwen3")  # SwiGLU MLP: gate, up and down projections
 
@@ -278,9 +280,11 @@ def vision_part(v: VisionDims, work: Workload) -> Part:
 
 
 def visual_tokens(p: ProjectorConfig, l: int, tiles: int) -> int:
-    """Visual tokens the LLM receives for one image of ``tiles`` tiles (matches each projector's token_count)."""
-    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "anyres": (tiles + 1) * l, "qformer": p.num_queries or l,
-              "pixel_unshuffle": (tiles + 1) * l // 4}
+    """Visual tokens the LLM receives for one image of ``tiles`` tiles (matches each projector's token_count;
+    for ``anyres`` an image filling the squarest grid of ``tiles`` tiles: no unpadding, a newline per token row)."""
+    newlines = squarest_grid(tiles)[0] * math.isqrt(l)
+    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "hd_grid": (tiles + 1) * l, "anyres": (tiles + 1) * l + newlines,
+              "qformer": p.num_queries or l, "pixel_unshuffle": (tiles + 1) * l // 4}
     return counts[p.type]
 
 
@@ -318,7 +322,7 @@ def _projector_macs(p: ProjectorConfig, l: int, m: int, d: int, D: int) -> Macs:
         return _perceiver_macs(p, l, m, d, D)
     if p.type == "mlp2x_gelu":
         return Macs(l * (d * D + D * D), 0, l * d * D, "l*(d*D + D^2)")
-    if p.type == "anyres":
+    if p.type in ("anyres", "hd_grid"):  # the newline tokens of anyres are a parameter, not a product
         n = (1 + m) * l
         return Macs(n * (d * D + D * D), 0, n * d * D, "(1+m)*l*(d*D + D^2)")
     if p.type == "pixel_unshuffle":

@@ -12,19 +12,21 @@ labeling job's ``LabelStore`` or a dict computed in-process (``compute_labels``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
-from vlsa.config import Config, DataConfig, DecodeConfig, SSFTConfig
+from vlsa.config import Config, DataConfig, DecodeConfig, EncodingConfig, SSFTConfig
 from vlsa.data import ssft as ssft_mod
 from vlsa.data.image import ImageRejected, decode_image
 from vlsa.data.records import Record, RecordRejected, Turn, read_image_bytes
 from vlsa.data.templates import IGNORE_INDEX, ChatTemplate, Encoded, build_template, encode, label
 from vlsa.labels.shards import label_key
-from vlsa.model.encoding import CompressiveEncoder, recon_pixels
+from vlsa.model.anyres import anyres_token_count
+from vlsa.model.encoding import recon_pixels
+from vlsa.model.views import make_encoder
 from vlsa.tokens import IMAGE_TOKEN
 
 SSFT_ATTEMPTS = 4
@@ -38,10 +40,15 @@ class Geometry:
     max_tiles: int
     vision_kind: str
     visual_tokens: Callable[[int], int]
-    """Visual tokens the LLM receives for an image of m tiles (the model's ``token_count``)."""
+    """Visual tokens the LLM receives for an image of m tiles, at most (sampler lengths)."""
     max_length: int
     recon_size: int
     vq_image_size: int
+    image_tokens: Callable[[int, int, int], int]
+    """Visual tokens of an image of (height, width) and m tiles, exactly (``anyres`` depends on the size)."""
+    projector: str = "sa_perceiver"
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    """Which views the projector takes (``vlsa.model.views.make_encoder``)."""
 
 
 class SampleBuilder:
@@ -58,7 +65,7 @@ class SampleBuilder:
         self.tokenizer, self.data, self.geometry = tokenizer, data, geometry
         self.template: ChatTemplate = build_template(data.template, tokenizer)
         self.labels, self.decode, self.recon, self.seed = labels, decode, recon, seed
-        self.encoder = CompressiveEncoder(geometry.image_size, geometry.max_tiles, geometry.vision_kind)
+        self.encoder = make_encoder(geometry.projector, geometry.image_size, geometry.encoding, geometry.vision_kind)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
     @property
@@ -196,7 +203,7 @@ class SampleBuilder:
         images = self.load_images(record, image_root)
         rows = self.label_rows(record)
         tiles = [self.encoder.num_tiles(im.width, im.height) for im in images]
-        visual = sum(self.geometry.visual_tokens(m) - 1 for m in tiles)
+        visual = sum(self.geometry.image_tokens(im.height, im.width, m) - 1 for im, m in zip(images, tiles))
         turns, encoded = self.fit(record, visual)
         turns, encoded, kinds, coverage = self.augment(record, turns, encoded, visual, rows, epoch)
         sample = {
@@ -217,6 +224,7 @@ class SampleBuilder:
         out = {
             "pixel_lo": torch.stack([lo for lo, _ in encoded]) if encoded else torch.zeros(0, 3, s, s),
             "pixel_hi": [hi for _, hi in encoded],
+            "image_sizes": torch.tensor([[im.height, im.width] for im in images], dtype=torch.long).view(-1, 2),
         }
         if self.recon == "latent":
             latents = [torch.from_numpy(_latent(row)) for row in rows]
@@ -266,9 +274,14 @@ def geometry_from_config(cfg: Config, model=None) -> Geometry:
     from vlsa.labels.compute import vision_input_side
 
     if model is not None:
-        image_size, visual = model.image_size, model.token_count
+        image_size, visual, exact = model.image_size, model.token_count, model.visual_tokens
     else:
         image_size, visual = vision_input_side(cfg), config_token_count(cfg)
+        exact = lambda h, w, m: visual(m)  # noqa: E731
+    if cfg.model.projector.type == "anyres":  # the count depends on the image's size, not its tile count
+        exact = anyres_counter(cfg, image_size)
+        visual = lambda m, most=max(exact(r * image_size, c * image_size, 0)  # noqa: E731
+                                    for r, c in cfg.model.encoding.anyres_grids): most
     return Geometry(
         image_size=image_size,
         max_tiles=cfg.model.encoding.max_tiles,
@@ -277,7 +290,16 @@ def geometry_from_config(cfg: Config, model=None) -> Geometry:
         max_length=cfg.model.llm.max_length,
         recon_size=cfg.model.recon.image_size,
         vq_image_size=cfg.model.vq_image_size,
+        image_tokens=exact,
+        projector=cfg.model.projector.type,
+        encoding=cfg.model.encoding,
     )
+
+
+def anyres_counter(cfg: Config, image_size: int) -> Callable[[int, int, int], int]:
+    """LLaVA-NeXT's visual-token count of an image of (height, width) (the tile count is implied)."""
+    grids, patch = cfg.model.encoding.anyres_grids, _vision_patch_size(cfg)
+    return lambda h, w, m: anyres_token_count(h, w, grids, image_size, patch)
 
 
 def config_token_count(cfg: Config) -> Callable[[int], int]:
@@ -290,7 +312,8 @@ def config_token_count(cfg: Config) -> Callable[[int], int]:
     per_kind = {
         "sa_perceiver": lambda m: l,
         "mlp2x_gelu": lambda m: l,
-        "anyres": lambda m: (m + 1) * l,
+        "hd_grid": lambda m: (m + 1) * l,
+        "anyres": lambda m: (m + 1) * l,  # geometry_from_config counts anyres from the image size
         "qformer": lambda m: queries or l,
         "pixel_unshuffle": lambda m: (m + 1) * l // 4,
     }

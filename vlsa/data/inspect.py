@@ -5,7 +5,8 @@ prints the rejected records by reason, and renders N samples with the chat templ
 cognition-alignment turns inserted and the supervised spans marked ``[[...]]``. ``--json`` prints one
 JSON object: ``total``, ``accepted``, ``rejected`` (reason -> count), ``ssft_coverage`` (mean fraction of
 each drawn SSFT target covered over the rendered samples) and ``samples`` (``id``, ``text``,
-``supervised_text``, ``supervised_spans``, ``ssft``, ``ssft_coverage``).
+``supervised_text``, ``supervised_spans``, ``ssft``, ``ssft_coverage``, ``visual_tokens``: the tokens the
+configured projector gives the sample's images).
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ def render_sample(sample: dict, tokenizer) -> dict:
             "ssft_coverage": sample.get("ssft_coverage", {}), "tokens": len(ids)}
 
 
+def visual_tokens(dataset, sample: dict) -> int:
+    """Visual tokens the configured projector gives the sample's images (LLaVA-NeXT's depend on each size)."""
+    geometry = dataset.builder.geometry
+    sizes = sample["image_sizes"].tolist()
+    return sum(geometry.image_tokens(h, w, hi.shape[0]) for (h, w), hi in zip(sizes, sample["pixel_hi"]))
+
+
 def inspect(args: argparse.Namespace) -> dict:
     """Validate the file and render samples; the report as a dict."""
     from vlsa.data.dataset import build_dataset
@@ -89,7 +97,8 @@ def inspect(args: argparse.Namespace) -> dict:
     report = dataset.stats.to_dict()
     count = min(args.samples, len(dataset))
     picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)}) if count else []
-    report["samples"] = [render_sample(dataset[i], tokenizer) for i in picks]
+    report["samples"] = [render_sample(dataset[i], tokenizer) | {"visual_tokens": visual_tokens(dataset, dataset[i])}
+                         for i in picks]
     meter = CoverageMeter()
     meter.update([s["ssft_coverage"] for s in report["samples"]])
     report["ssft_coverage"] = meter.means()
@@ -104,7 +113,8 @@ def print_report(report: dict) -> None:
         print(f"{name} (rendered samples): {value:.3f}")
     for sample in report["samples"]:
         ssft = sample["ssft"] or "none"
-        print(f"\n--- {sample['id']} ({sample['tokens']} tokens, ssft: {ssft}); supervised in [[...]]")
+        print(f"\n--- {sample['id']} ({sample['tokens']} text tokens, {sample['visual_tokens']} visual tokens, "
+              f"ssft: {ssft}); supervised in [[...]]")
         print(sample["marked"])
 
 

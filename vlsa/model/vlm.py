@@ -21,14 +21,14 @@ from torch import nn
 from vlsa import tokens
 from vlsa.config import Config
 from vlsa.model import builder
-from vlsa.model.encoding import CompressiveEncoder
 from vlsa.model.projectors import ProjectorOutput, build_projector
 from vlsa.model.splice import IGNORE, Spliced, check_image_counts, splice_visual_tokens
 from vlsa.model.vdep import vdep_loss
+from vlsa.model.views import make_encoder
 
 BATCH_TENSORS = {
     "input_ids", "attention_mask", "labels", "ssft_mask", "image_counts", "pixel_lo", "pixel_hi",
-    "tile_mask", "recon_pixels", "recon_latent", "vdep_mode",
+    "tile_mask", "recon_pixels", "recon_latent", "vdep_mode", "image_sizes",
 }
 
 
@@ -66,7 +66,8 @@ class VLSAModel(nn.Module):
             torch.manual_seed(cfg.model.seed)
             _fit_vocabulary(llm, tokenizer)
             d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
-            projector = build_projector(cfg.model.projector, d, D, num_patches=_num_patches(vision.config))
+            projector = build_projector(cfg.model.projector, d, D, num_patches=_num_patches(vision.config),
+                                        image_size=vision.config.image_size, grids=cfg.model.encoding.anyres_grids)
             recon_head = builder.build_recon_head(cfg, D) if cfg.model.recon.enabled else None
         return cls(cfg, vision, projector, llm, tokenizer, recon_head)
 
@@ -83,12 +84,20 @@ class VLSAModel(nn.Module):
         return _num_patches(self.vision_tower.config)
 
     def token_count(self, num_tiles: int) -> int:
-        """Visual tokens the LLM receives for an image cut into ``num_tiles`` tiles."""
+        """Visual tokens the LLM receives for an image cut into ``num_tiles`` tiles (for ``anyres``: an image
+        that fills its grid; ``visual_tokens`` is exact for any image)."""
         return self.projector.token_count(num_tiles)
 
-    def encoder(self) -> CompressiveEncoder:
-        """The image -> (pixel_lo, pixel_hi) encoder matching this vision tower."""
-        return CompressiveEncoder(self.image_size, self.config.model.encoding.max_tiles, self.config.model.vision.kind)
+    def visual_tokens(self, height: int, width: int, num_tiles: int) -> int:
+        """Visual tokens the LLM receives for an image of (height, width) cut into ``num_tiles`` tiles."""
+        if hasattr(self.projector, "tokens_for_size"):
+            return self.projector.tokens_for_size(height, width)
+        return self.projector.token_count(num_tiles)
+
+    def encoder(self):
+        """The image -> (pixel_lo, pixel_hi) encoder this vision tower and projector take (``vlsa.model.views``)."""
+        model = self.config.model
+        return make_encoder(model.projector.type, self.image_size, model.encoding, model.vision.kind)
 
     def set_loss_weights(self, w_lm: float, w_rec: float, pretraining: bool = True) -> None:
         """Stage weights of L and L_rec; ``pretraining``: an alignment stage (VDEP on, with its batch split)."""
@@ -108,8 +117,10 @@ class VLSAModel(nn.Module):
         hidden = out.hidden_states[self.config.model.vision.select_layer]  # (K, 1+l or l, d)
         return hidden[:, -self.num_patches:]
 
-    def encode_images(self, pixel_lo: torch.Tensor, pixel_hi: torch.Tensor, tile_mask: torch.Tensor | None) -> ProjectorOutput:
-        """Projector outputs of N images from pixel_lo (N, 3, h, w), pixel_hi (N, M, 3, h, w), tile_mask (N, M)."""
+    def encode_images(self, pixel_lo: torch.Tensor, pixel_hi: torch.Tensor, tile_mask: torch.Tensor | None,
+                      image_sizes: torch.Tensor | None = None) -> ProjectorOutput:
+        """Projector outputs of N images from pixel_lo (N, 3, h, w), pixel_hi (N, M, 3, h, w), tile_mask (N, M)
+        and image_sizes (N, 2), the original (height, width) (needed by ``anyres`` only)."""
         tile_mask = self._check_pixels(pixel_lo, pixel_hi, tile_mask)
         n, m = tile_mask.shape
         l = self.num_patches
@@ -118,7 +129,7 @@ class VLSAModel(nn.Module):
         v_hi = feats.new_zeros(n, m, l, feats.shape[-1])
         v_hi[tile_mask] = feats[n:]
         hi_mask = tile_mask.repeat_interleave(l, dim=1)  # (N, M*l)
-        return self.projector(v_lo, v_hi.view(n, m * l, -1), hi_mask)
+        return self.projector(v_lo, v_hi.view(n, m * l, -1), hi_mask, image_sizes=image_sizes)
 
     def _check_pixels(self, pixel_lo, pixel_hi, tile_mask) -> torch.Tensor:
         channels, side = self.vision_tower.config.num_channels, self.image_size
@@ -142,7 +153,8 @@ class VLSAModel(nn.Module):
     # ------------------------------------------------------------------------------- LLM inputs
 
     def prepare_inputs(self, input_ids, attention_mask, image_counts=None, pixel_lo=None, pixel_hi=None,
-                       tile_mask=None, labels=None, ssft_mask=None, pad_left=False) -> tuple[Spliced, ProjectorOutput | None]:
+                       tile_mask=None, labels=None, ssft_mask=None, pad_left=False,
+                       image_sizes=None) -> tuple[Spliced, ProjectorOutput | None]:
         """Spliced LLM inputs and the projector outputs (None for a text-only batch)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -150,7 +162,7 @@ class VLSAModel(nn.Module):
             image_counts = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         num_images = 0 if pixel_lo is None else pixel_lo.shape[0]
         check_image_counts(input_ids, attention_mask, image_counts, num_images, self.image_token_id)
-        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask) if num_images else None
+        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask, image_sizes) if num_images else None
         spliced = splice_visual_tokens(
             input_ids, attention_mask, self.language_model.get_input_embeddings(), [] if proj is None else proj.tokens,
             self.image_token_id, labels=labels, ssft_mask=ssft_mask, pad_left=pad_left,
@@ -162,13 +174,13 @@ class VLSAModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, ssft_mask=None, image_counts=None,
                 pixel_lo=None, pixel_hi=None, tile_mask=None, recon_pixels=None, recon_latent=None, vdep_mode=None,
-                **extra) -> VLSAOutput:
+                image_sizes=None, **extra) -> VLSAOutput:
         """Losses and logits of one collated batch (non-tensor extra keys such as ``ids`` are ignored)."""
         unknown = sorted(k for k, v in extra.items() if isinstance(v, torch.Tensor))
         if unknown:
             raise TypeError(f"unexpected batch tensors {unknown}; known: {sorted(BATCH_TENSORS)}")
         spliced, proj = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi,
-                                            tile_mask, labels, ssft_mask)
+                                            tile_mask, labels, ssft_mask, image_sizes=image_sizes)
         vdep_on, cond_hidden = self._vdep_active() and proj is not None, self._conditions_on_llm()
         vdep_samples = self._vdep_samples(vdep_mode, input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
@@ -228,9 +240,10 @@ class VLSAModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, image_counts=None, pixel_lo=None, pixel_hi=None,
-                 tile_mask=None, **generate_kwargs) -> torch.Tensor:
+                 tile_mask=None, image_sizes=None, **generate_kwargs) -> torch.Tensor:
         """New token ids (B, T_new) from prompts with ``<image>`` placeholders; greedy unless told otherwise."""
-        spliced, _ = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi, tile_mask, pad_left=True)
+        spliced, _ = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi, tile_mask,
+                                         pad_left=True, image_sizes=image_sizes)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.language_model.generate(
@@ -246,22 +259,23 @@ class VLSAModel(nn.Module):
         device = self.language_model.device
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         new = self.generate(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device),
-                            pixel_lo[None].to(device), pixel_hi[None].to(device), max_new_tokens=max_new_tokens)
+                            pixel_lo[None].to(device), pixel_hi[None].to(device), max_new_tokens=max_new_tokens,
+                            image_sizes=torch.tensor([[image.height, image.width]], device=device))
         return self.tokenizer.decode(new[0], skip_special_tokens=True)
 
     @torch.no_grad()
     def reconstruct(self, pixel_lo, pixel_hi, tile_mask=None, steps: int | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, image_sizes=None) -> torch.Tensor:
         """Images (N, 3, S, S) in [-1, 1] sampled from the visual cue of each image alone (Fig. 4)."""
         if self.recon_head is None:
             raise ValueError("reconstruct() needs model.recon.enabled (this model has no denoiser)")
-        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask)
+        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask, image_sizes)
         cue, pooled = proj.cue, proj.pooled
         if self._conditions_on_llm():
             n = pixel_lo.shape[0]
             ids = torch.full((n, 1), self.image_token_id, dtype=torch.long, device=pixel_lo.device)
             spliced, _ = self.prepare_inputs(ids, torch.ones_like(ids), torch.ones(n, dtype=torch.long, device=ids.device),
-                                             pixel_lo, pixel_hi, tile_mask)
+                                             pixel_lo, pixel_hi, tile_mask, image_sizes=image_sizes)
             out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                       output_hidden_states=True, use_cache=False)
             cue, pooled = hidden_cue(out.hidden_states[-1], spliced.spans, proj.cue.shape[1])

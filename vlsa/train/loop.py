@@ -210,7 +210,8 @@ def visual_token_counter(model) -> Callable[[dict], int]:
 
     def count(batch: dict) -> int:
         tiles = batch["tile_mask"].sum(dim=1).tolist() if "tile_mask" in batch else []
-        visual = sum(model.token_count(int(m)) for m in tiles)
+        sizes = batch["image_sizes"].tolist() if "image_sizes" in batch else [(0, 0)] * len(tiles)
+        visual = sum(model.visual_tokens(h, w, int(m)) for (h, w), m in zip(sizes, tiles))
         return int(batch["attention_mask"].sum()) - int(batch["image_counts"].sum()) + visual
 
     return count
@@ -351,7 +352,7 @@ class StageRun:
         self.model.eval()
         with torch.no_grad():
             outputs = self.model.reconstruct(batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"],
-                                             generator=generator)
+                                             generator=generator, image_sizes=batch.get("image_sizes"))
             inputs = batch.get("recon_pixels")
             if inputs is None:
                 from vlsa.model.reconstruction import decode_latent
