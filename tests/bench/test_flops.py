@@ -101,7 +101,7 @@ def test_counter_matches_the_hand_count():
 
 def test_anyres_counts_every_tile_in_the_llm():
     dims = flops.ModelDims.from_config(variants.anyres_config(load_config("tiny", SMALL)), vocab_size=40)
-    assert flops.visual_tokens(dims.projector, 4, 4) == 20  # (m + 1) l
+    assert flops.visual_tokens(dims.projector, 4, 4) == 20 + 4  # (m + 1) l + a newline per row of the 2x2 grid's 4 rows
     parts = flops.count(dims, WORK, {"vision", "projector", "llm"}).by_part()
     assert set(parts) == {"vision", "projector", "llm"}
     assert parts["projector"] == 3 * 2 * 2 * 20 * (8 * 16 + 16 * 16)  # k * 2 * B * (1+m) l (dD + D^2)
