@@ -15,7 +15,10 @@ PAPER_PRESETS = [
     "llava_next_llama3_8b_stage1",
     "llava_next_llama3_8b_stage2",
     "llava_next_llama3_8b_3stage",
+    "llava_next_llama3_8b_ex25",
     "llava_next_anyres",
+    "llava15_baseline",
+    "llava15_hd_baseline",
     "ross",
     "vdep",
 ]
@@ -54,22 +57,32 @@ def test_baselines_switch_the_right_parts():
     assert vdep.vdep.enabled and vdep.vdep.alpha == 0.001 and not vdep.recon.enabled
 
 
-def test_ross_denoiser_starts_random_at_sd3_medium_shape():
-    """ROSS's denoiser is randomly initialised (VLSA App. B.10): built from `init`, never the base's SD3 path."""
-    import inspect
+def test_ross_is_rosss_own_head():
+    """ROSS (paper 004, Sec. 4.2, Tab. 6): its encoder-block denoiser on KL-16 latents, no SD3 MMDiT,
+    no Epigone, the vision encoder frozen in both stages."""
+    ross = load_config("ross")
+    recon = ross.model.recon
+    assert recon.head == "ross" and recon.conditioning == "llm_hidden"
+    assert not recon.denoiser.defined()  # the SD3 MMDiT is not part of ROSS
+    assert recon.image_size == 384  # 24x24 KL-16 latent tokens <-> the 24x24 base-view tokens
+    assert recon.ross.beta_schedule == "squaredcos_cap_v2" and recon.ross.train_timesteps == 1000
+    stage1, stage2 = ross.train.stages
+    assert set(stage1.lr) == {"projector", "denoiser"} and set(stage2.lr) == {"projector", "denoiser", "llm"}
+    vlsa1, vlsa2 = load_config("llava_next_llama3_8b").train.stages
+    for ours, theirs in ((stage1, vlsa1), (stage2, vlsa2)):  # the schedule of the VLSA preset it is compared with
+        assert (ours.global_batch, ours.micro_batch, ours.warmup_ratio) == (theirs.global_batch, theirs.micro_batch,
+                                                                            theirs.warmup_ratio)
+        assert all(ours.lr[k] == theirs.lr[k] for k in ours.lr)
 
-    from diffusers import SD3Transformer2DModel
 
-    vlsa, ross = (load_config(n).model.recon for n in ("llava_next_llama3_8b", "ross"))
-    assert vlsa.denoiser.path and not vlsa.denoiser.init  # VLSA starts from pretrained SD3-medium
-    assert ross.denoiser.path == "" and ross.denoiser.subfolder == ""  # load_component takes `init`
-    init = ross.denoiser.init
-    assert set(init) <= set(inspect.signature(SD3Transformer2DModel.__init__).parameters)
-    inner = init["num_attention_heads"] * init["attention_head_dim"]
-    assert (init["num_layers"], inner, init["joint_attention_dim"], init["pooled_projection_dim"]) == (24, 1536, 4096, 2048)
-    assert (init["caption_projection_dim"], init["patch_size"], init["in_channels"]) == (1536, 2, 16)
-    assert init == load_config("bench_gpu").model.recon.denoiser.init  # the SD3-medium shape stated there
-    assert ross.vae == vlsa.vae and ross.vae.path  # the frozen VAE stays pretrained
+def test_vlsa_ex25_keeps_vlsa_and_changes_only_the_cue():
+    """Tab. 17 ex25: SA-Perceiver, Epigone and SD3-medium init of VLSA, cued by the LLM's outputs."""
+    vlsa_cfg, ex25 = load_config("llava_next_llama3_8b"), load_config("llava_next_llama3_8b_ex25")
+    assert ex25.model.recon.conditioning == "llm_hidden" and vlsa_cfg.model.recon.conditioning == "projector"
+    assert ex25.model.recon.head == "sd3" and ex25.model.recon.denoiser.path
+    a, b = flatten(vlsa_cfg.to_dict()), flatten(ex25.to_dict())
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ <= {"model.recon.conditioning", "run.name", "preset"}, differ
 
 
 def test_dotted_overrides_reach_nested_fields_and_list_items():
@@ -144,3 +157,37 @@ def test_data_loader_processes_and_ray_workers_have_distinct_names():
     assert (cfg.train.loader_workers, cfg.run.num_workers) == (3, 2)
     with pytest.raises(ConfigError, match="unknown keys \\['num_workers'\\]"):
         load_config("tiny", ["train.num_workers=3"])
+
+
+@pytest.mark.parametrize("preset", ["llava15_hd_vicuna7b", "llava_next_llama3_8b"])
+def test_paper_presets_reconstruct_the_high_resolution_canvas(preset):
+    """Sec. 3.1: the 672 px canvas of up to 4 tiles -> an 84x84 latent that SD3-medium's MMDiT accepts."""
+    from types import SimpleNamespace
+
+    from vlsa.model.reconstruction import _check_geometry
+
+    cfg = load_config(preset)
+    assert cfg.model.recon.image_size == 672 == 2 * 336 and cfg.model.encoding.max_tiles == 4
+    sd3 = load_config("bench_gpu").model.recon.denoiser.init  # SD3-medium's MMDiT shape
+    _check_geometry(SimpleNamespace(**sd3), channels=16, latent_size=672 // 8, image_size=672)
+
+
+@pytest.mark.parametrize("baseline,vlsa_preset", [("llava_next_anyres", "llava_next_llama3_8b"),
+                                                  ("llava15_baseline", "llava15_hd_vicuna7b"),
+                                                  ("llava15_hd_baseline", "llava15_hd_vicuna7b"),
+                                                  ("vdep", "llava_next_llama3_8b")])
+def test_baselines_train_on_the_schedule_of_their_vlsa_preset(baseline, vlsa_preset):
+    """Tab. 11: a baseline differs from the VLSA preset it is compared with in the method, not the schedule."""
+    ours, theirs = load_config(baseline), load_config(vlsa_preset)
+    assert not ours.model.recon.enabled and ours.model.llm == theirs.model.llm and ours.model.vision == theirs.model.vision
+    for a, b in zip(ours.train.stages, theirs.train.stages, strict=True):
+        assert (a.global_batch, a.micro_batch, a.zero_stage, a.data.train) == (b.global_batch, b.micro_batch,
+                                                                               b.zero_stage, b.data.train)
+        assert a.lr == {k: v for k, v in b.lr.items() if k in ("projector", "vision", "llm")}
+        assert a.data.ssft.p_vq == a.data.ssft.p_px == 0
+
+
+def test_llava15_baselines_take_llavas_views():
+    one, hd = load_config("llava15_baseline").model, load_config("llava15_hd_baseline").model
+    assert (one.projector.type, one.encoding.lowres_view, one.encoding.max_tiles) == ("mlp2x_gelu", "square_pad", 1)
+    assert (hd.projector.type, hd.encoding.lowres_view, hd.encoding.max_tiles) == ("hd_grid", "canvas", 4)

@@ -93,12 +93,19 @@ class EncodingConfig:
 
     max_tiles: int = 4
     """Cap on the number of tiles m; larger images are resized first."""
+    lowres_view: str = "canvas"
+    """X_Lo: the padded canvas resized (``canvas``, VLSA) or LLaVA-1.5's mean-colour square padding (``square_pad``)."""
+    anyres_grids: list[list[int]] = field(default_factory=lambda: [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]])
+    """LLaVA-NeXT ``image_grid_pinpoints`` in tiles (rows, cols) of the vision input side (the ``anyres`` projector)."""
 
     def __post_init__(self) -> None:
         _check_positive("model.encoding.max_tiles", self.max_tiles)
+        _check_choice("model.encoding.lowres_view", self.lowres_view, ("canvas", "square_pad"))
+        if not self.anyres_grids or any(len(g) != 2 or min(g) < 1 for g in self.anyres_grids):
+            raise ConfigError(f"model.encoding.anyres_grids must be [rows, cols] pairs >= 1, got {self.anyres_grids}")
 
 
-PROJECTORS = ("sa_perceiver", "mlp2x_gelu", "anyres", "qformer", "pixel_unshuffle")
+PROJECTORS = ("sa_perceiver", "mlp2x_gelu", "hd_grid", "anyres", "qformer", "pixel_unshuffle")
 
 
 @dataclass
@@ -106,7 +113,8 @@ class ProjectorConfig:
     """The vision-language projector: the SA-Perceiver or a baseline (Tab. 8-9)."""
 
     type: str = "sa_perceiver"
-    """One of sa_perceiver, mlp2x_gelu (LLaVA, low-res view), anyres (LLaVA-NeXT), qformer, pixel_unshuffle."""
+    """One of sa_perceiver, mlp2x_gelu (LLaVA-1.5, low-res view), hd_grid (LLaVA-1.5-HD: base view + every tile),
+    anyres (LLaVA-NeXT: its own tiling, unpadding and newline tokens), qformer, pixel_unshuffle."""
     heads: int = 16
     """Attention heads of the perceiver / resampler (d_h = d / heads)."""
     self_attention: bool = True
@@ -132,12 +140,48 @@ class EpigoneConfig:
     """Intermediate width of the two-layer MLP (App. B.1)."""
 
 
+RECON_HEADS = ("sd3", "ross")
+DDPM_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@dataclass
+class RossDenoiserConfig:
+    """ROSS's own denoiser (paper 004, Sec. 4.2, Fig. 4b): Transformer-encoder blocks, random init.
+
+    Each block adds projections of the condition (the LLM's outputs at the image positions), the
+    noisy latent tokens and the timestep embedding to its input, then runs a standard self-attention
+    encoder block; the head predicts the DDPM noise epsilon per latent token.
+    """
+
+    layers: int = 3
+    """Transformer-encoder blocks."""
+    width: int = 1024
+    """Token width inside the denoiser."""
+    heads: int = 16
+    """Attention heads per block."""
+    train_timesteps: int = 1000
+    """DDPM diffusion steps T (t is drawn uniformly from 0..T-1)."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """DDPM noise schedule (diffusers ``DDPMScheduler`` name; cosine by default)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.recon.ross.beta_schedule", self.beta_schedule, DDPM_SCHEDULES)
+        for name in ("layers", "width", "heads", "train_timesteps"):
+            _check_positive(f"model.recon.ross.{name}", getattr(self, name))
+        if self.width % self.heads:
+            raise ConfigError(f"model.recon.ross.width {self.width} is not divisible by heads {self.heads}")
+
+
 @dataclass
 class ReconConfig:
     """Reconstructive training with an LDM (Eq. 3): SD3 MMDiT denoiser and frozen VAE."""
 
     enabled: bool = True
     """Compute L_rec; false removes the denoiser, VAE and Epigone (LLaVA baselines)."""
+    head: str = "sd3"
+    """``sd3``: Epigone + SD3 MMDiT, rectified flow (VLSA); ``ross``: ROSS's encoder-block denoiser, DDPM epsilon loss."""
+    ross: RossDenoiserConfig = field(default_factory=RossDenoiserConfig)
+    """The ROSS denoiser (used when ``head`` is ``ross``; ``denoiser`` and ``epigone`` are then unused)."""
     conditioning: str = "projector"
     """Cue for the denoiser: ``projector`` outputs (VLSA) or ``llm_hidden`` states over the image span (ROSS, ex25)."""
     denoiser: ComponentConfig = field(default_factory=ComponentConfig)
@@ -155,6 +199,9 @@ class ReconConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.recon.conditioning", self.conditioning, ("projector", "llm_hidden"))
+        _check_choice("model.recon.head", self.head, RECON_HEADS)
+        if self.head == "ross" and self.conditioning != "llm_hidden":
+            raise ConfigError("model.recon.head=ross conditions on the LLM's image outputs: set model.recon.conditioning=llm_hidden")
         _check_positive("model.recon.image_size", self.image_size)
 
 
@@ -169,7 +216,7 @@ class VDEPConfig:
     autoregressive: bool = True
     """Hidden state at image position i regresses the projector output at i+1 (false: same position)."""
     split_batch: bool = True
-    """In pre-training, half of each batch in VDEP mode and half in plain mode (as the paper)."""
+    """In pre-training, the data doubled (as the paper): every sample once in VDEP mode, once in plain mode."""
     in_finetuning: bool = False
     """Also add L_vdep in stages that train the LLM (the paper uses it in pre-training only)."""
 
@@ -232,8 +279,14 @@ class SSFTConfig:
     """Probability that a sample gets a pixel-value turn pair."""
     max_target_tokens: int = 1024
     """Token budget of one SSFT answer; larger targets use a smaller region or a strided grid."""
+    max_vq_tokens: int = 0
+    """Token budget of the VQ answer alone (0: ``max_target_tokens``); paper presets fit the whole quarter."""
     vq_encoding: str = "text"
     """VQ indices as text numbers (``text``, the paper) or one new token per code (``tokens``)."""
+
+    def budget(self, kind: str) -> int:
+        """Token budget of an answer of ``kind`` (``vq`` or ``px``)."""
+        return self.max_vq_tokens if kind == "vq" and self.max_vq_tokens else self.max_target_tokens
 
     def __post_init__(self) -> None:
         for name in ("p_vq", "p_px"):
@@ -242,6 +295,8 @@ class SSFTConfig:
                 raise ConfigError(f"ssft.{name} must be in [0, 1], got {value}")
         _check_choice("ssft.vq_encoding", self.vq_encoding, ("text", "tokens"))
         _check_positive("ssft.max_target_tokens", self.max_target_tokens)
+        if self.max_vq_tokens < 0:
+            raise ConfigError(f"ssft.max_vq_tokens must be >= 0, got {self.max_vq_tokens}")
 
 
 @dataclass
@@ -557,12 +612,16 @@ class Config:
         for stage in self.train.stages:
             if not recon.enabled and ({"denoiser", "epigone"} & set(stage.lr)):
                 raise ConfigError(f"stage {stage.name} trains denoiser/epigone but model.recon.enabled=false")
+            if recon.head == "ross" and "epigone" in stage.lr:
+                raise ConfigError(f"stage {stage.name} trains epigone, which ROSS's head does not have (model.recon.head=ross)")
 
     def _check_components(self) -> None:
         model = self.model
         needed = {"model.vision": model.vision, "model.llm": model.llm}
         if model.recon.enabled:
-            needed |= {"model.recon.denoiser": model.recon.denoiser, "model.recon.vae": model.recon.vae}
+            needed["model.recon.vae"] = model.recon.vae
+        if model.recon.enabled and model.recon.head == "sd3":  # ROSS's denoiser is built from model.recon.ross
+            needed["model.recon.denoiser"] = model.recon.denoiser
         if any(s.data.ssft.p_vq > 0 for s in self.train.stages):
             needed["model.vq"] = model.vq
         missing = [name for name, part in needed.items() if not part.defined()]

@@ -13,6 +13,7 @@ import math
 import pytest
 
 from vlsa.bench.__main__ import main
+from vlsa.model.anyres import squarest_grid
 
 pytestmark = pytest.mark.integration  # every benchmark end to end: kept out of the fast unit tier
 
@@ -60,8 +61,9 @@ def test_step(capsys, cache_dir):
     assert 0 < r["flop_ratio"] < 1 and r["flop_ratio"] == pytest.approx(r["flops"]["vlsa"] / r["flops"]["anyres"])
     check_timing(r["vlsa"])
     check_timing(r["anyres"])
-    tiles = r["settings"]["tiles"]
-    assert r["visual_tokens"]["anyres"] == (tiles + 1) * r["visual_tokens"]["vlsa"]
+    tiles, l = r["settings"]["tiles"], r["visual_tokens"]["vlsa"]
+    rows = squarest_grid(tiles)[0]
+    assert r["visual_tokens"]["anyres"] == (tiles + 1) * l + rows * math.isqrt(l)  # LLaVA-NeXT: a newline per row
     assert r["settings"]["repeats"] == 2 and r["settings"]["warmup"] == 1  # --smoke
     mem = r["memory"]
     for name in ("vlsa", "anyres"):  # on a CPU only what each keeps is counted; a step's peak is not measured
@@ -100,7 +102,8 @@ def test_latency(capsys, cache_dir, tmp_path):
     assert [row["tiles"] for row in rows] == [1, 4]  # --smoke grids [1, 2]
     assert rows[1]["side"] == 2 * rows[0]["side"]
     for row in rows:
-        assert row["vlsa"]["tokens"] < row["anyres"]["tokens"] == (row["tiles"] + 1) * row["vlsa"]["tokens"]
+        l, g = row["vlsa"]["tokens"], math.isqrt(row["tiles"])  # a square image of g x g tiles
+        assert l < row["anyres"]["tokens"] == l + row["tiles"] * l + g * math.isqrt(l)  # base, grid, newlines
         assert positive(row["vlsa"]["latency_s"]) and positive(row["anyres"]["latency_s"]) and positive(row["ratio"])
         assert 0 < row["flop_ratio"] < 1
     assert rows[1]["flop_ratio"] < rows[0]["flop_ratio"]  # AnyRes grows with the tiles, VLSA does not

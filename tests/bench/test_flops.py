@@ -102,7 +102,7 @@ def test_counter_matches_the_hand_count():
 
 def test_anyres_counts_every_tile_in_the_llm():
     dims = flops.ModelDims.from_config(variants.anyres_config(load_config("tiny", SMALL)), vocab_size=40)
-    assert geometry.visual_tokens(dims.projector, 4, 4) == 20  # (m + 1) l
+    assert geometry.visual_tokens(dims.projector, 4, 4) == 20 + 4  # (m + 1) l + a newline per row of the 2x2 grid's 4 rows
     parts = flops.count(dims, WORK, {"vision", "projector", "llm"}).by_part()
     assert set(parts) == {"vision", "projector", "llm"}
     assert parts["projector"] == 3 * 2 * 2 * 20 * (8 * 16 + 16 * 16)  # k * 2 * B * (1+m) l (dD + D^2)
@@ -165,3 +165,18 @@ def test_dimensions_from_saved_config_files_match_init(tmp_path):
     missing = load_config("tiny", SMALL + [f"model.llm.path={tmp_path / 'nowhere'}", "model.llm.init={}"])
     with pytest.raises(ValueError, match="model.llm: cannot read its config"):
         flops.ModelDims.from_config(missing, vocab_size=40)
+
+
+def test_the_cost_of_the_high_resolution_target_is_reported():
+    """`vlsa.bench flops` prices the 2x target (the tiles' canvas) against one of X_Lo's size."""
+    from vlsa.bench.flops_report import recon_target_cost
+    from vlsa.bench.step import step_counts
+
+    base = load_config("tiny", SMALL)
+    same = recon_target_cost(base, step_counts(base, vocab_size=40)["vlsa"], vocab_size=40)
+    assert same["denoiser_ratio"] == 1.0 and same["step_ratio"] == 1.0
+    big = load_config("tiny", [*SMALL, "model.recon.image_size=32", "model.recon.denoiser.init.pos_embed_max_size=8"])
+    cost = recon_target_cost(big, step_counts(big, vocab_size=40)["vlsa"], vocab_size=40)
+    assert (cost["image_size"], cost["lowres_size"]) == (32, 16)
+    assert cost["denoiser_ratio"] > 3.0  # 4x the latent tokens: linear parts x4, attention more
+    assert 1.0 < cost["step_ratio"] < cost["denoiser_ratio"]

@@ -168,3 +168,49 @@ def test_a_resumed_run_sees_the_same_augmented_sample(tiny_cfg, tokenizer, demo)
     assert first == [again.build(r, demo.image_root, epoch=3)["input_ids"].tolist() for r in records[:6]]
     other = [builder.build(r, demo.image_root, epoch=4)["input_ids"].tolist() for r in records[:6]]
     assert other != first
+
+
+@pytest.mark.parametrize("preset", ["llava15_hd_vicuna7b", "llava_next_llama3_8b", "llava_next_llama3_8b_3stage"])
+def test_paper_presets_give_every_image_sample_both_tasks_and_the_whole_quarter(preset):
+    """App. B.11: "a template from each list" for every sample; the VQ budget holds all 1,764 indices."""
+    from vlsa.config import load_config
+
+    cfg = load_config(preset)
+    stage = cfg.train.stages[-1]
+    ssft_cfg = stage.data.ssft
+    assert (ssft_cfg.p_vq, ssft_cfg.p_px) == (1.0, 1.0)
+    quarter = (cfg.model.vq_image_size // 8 // 2) ** 2  # f = 8 VQ-VAE, one quarter
+    assert quarter == 1764
+    # one token a code plus the two markers; as text, at most 4 tokens a code (digits in groups of 3, ",", " ")
+    per_code = 1 if ssft_cfg.vq_encoding == "tokens" else 4
+    assert ssft_cfg.budget("vq") >= per_code * quarter + 2
+    assert ssft_cfg.budget("px") < ssft_cfg.budget("vq")  # pixels: the strided grid, the one forced departure
+    # the VQ turn goes in first: a whole quarter, 576 visual tokens and a 512-token conversation fit
+    assert cfg.model.llm.max_length >= ssft_cfg.budget("vq") + 576 + 512
+
+
+def test_coverage_is_the_fraction_of_the_quarter_answered():
+    row = label_row(0, vq_side=42, pixels_side=8, codes=4096)
+    d = ssft.Draw("vq", 0, 2, 0.3, 0.6, 0.5)
+    tokens = lambda t: t.count(",") + 3  # noqa: E731
+    assert ssft.vq_target(d, row, vq_image_size=672, budget=100_000, count_tokens=tokens).coverage == 1.0
+    block = ssft.vq_target(d, row, vq_image_size=672, budget=500, count_tokens=tokens)
+    assert block.reduced and block.coverage == pytest.approx(len(block.values) / 1764)
+    px = ssft.px_target(ssft.Draw("px", 0, 1, 0.0, 0.0, 0.5), row, budget=10_000, count_tokens=tokens)
+    assert px.coverage == 1.0
+    strided = ssft.px_target(ssft.Draw("px", 0, 1, 0.0, 0.0, 0.5), row, budget=8, count_tokens=tokens)
+    assert strided.coverage == pytest.approx(len(strided.values) / 16)
+    meter = ssft.CoverageMeter()
+    meter.update([{"vq": 1.0, "px": 0.25}, {"vq": 0.0}, {}])
+    assert meter.means() == {"ssft/vq_coverage": 0.5, "ssft/px_coverage": 0.25}
+
+
+def test_samples_report_the_coverage_of_their_drawn_targets(tiny_cfg, tokenizer, demo):
+    records, _ = load_records(demo.instruct)
+    builder, _ = _builder(tiny_cfg, tokenizer, records[:4], 384, max_target=48)
+    for record in records[:4]:
+        sample = builder.build(record, demo.image_root, epoch=0)
+        assert set(sample["ssft_coverage"]) == {"vq", "px"}  # p = 1: both drawn
+        assert all(0.0 <= v <= 1.0 for v in sample["ssft_coverage"].values())
+        for kind in sample["ssft"]:
+            assert sample["ssft_coverage"][kind] > 0

@@ -45,6 +45,7 @@ def make_batch(model, images: list[Image.Image], texts: list[str], image_counts:
         "pixel_lo": torch.stack([lo for lo, _ in views]),
         "pixel_hi": pixel_hi,
         "tile_mask": tile_mask,
+        "image_sizes": torch.tensor([[im.height, im.width] for im in images], dtype=torch.long),
         "recon_pixels": torch.stack([recon_pixels(im, model.config.recon.image_size, side) for im in images]),
         "ids": [f"sample-{i}" for i in range(len(texts))],
     }

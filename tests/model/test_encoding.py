@@ -36,7 +36,7 @@ def test_tiles_are_the_padded_canvas():
     assert target.shape == (3, 16, 16) and target.min() >= -1 and target.max() <= 1
 
 
-def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_anyres(tiny_model, cache_dir):
+def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_the_hd_grid(tiny_model, cache_dir):
     images = [solid(451, 300), solid(427, 640), solid(60, 20)]
     texts = ["<image>\nred", "<image>\nblue", "<image>\ngreen"]
     tiles = [tiny_model.encoder().num_tiles(im.width, im.height) for im in images]
@@ -47,7 +47,7 @@ def test_llm_receives_l_tokens_with_vlsa_and_m_plus_1_l_with_anyres(tiny_model, 
                                            batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"])
     assert [n for _, _, n in spliced.spans] == [l, l, l]
 
-    anyres = vlsa.build_model(tiny_config(cache_dir, "model.projector.type=anyres", "model.recon.enabled=false",
+    anyres = vlsa.build_model(tiny_config(cache_dir, "model.projector.type=hd_grid", "model.recon.enabled=false",
                                           "train.stages.0.lr={projector: 0.001}", "train.stages.1.lr={projector: 0.001}"))
     spliced, _ = anyres.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["image_counts"],
                                        batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"])
@@ -70,3 +70,19 @@ def test_other_projectors_token_counts(tiny_model, kind):
     assert [t.shape[0] for t in out.tokens] == [proj.token_count(4), proj.token_count(2)]
     assert {"mlp2x_gelu": 16, "qformer": 16, "pixel_unshuffle": 20}[kind] == proj.token_count(4)
     assert out.pooled.shape == (2, 128) and out.cue.shape[0] == 2
+
+
+def test_a_672_reconstruction_target_is_the_tiles_canvas_itself():
+    """Paper presets reconstruct the padded high-resolution canvas (2x2 tiles of 336 -> 672 px), not X_Lo."""
+    from PIL import Image
+
+    from vlsa.model.encoding import highres_tiles, padded_canvas, recon_pixels
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (600, 650, 3), dtype=np.uint8))
+    target = recon_pixels(image, 672, pad_multiple=336)
+    canvas = np.asarray(padded_canvas(image, 336), dtype=np.float32) / 127.5 - 1.0
+    assert target.shape == (3, 672, 672)
+    torch.testing.assert_close(target, torch.from_numpy(canvas).permute(2, 0, 1))  # no resampling: every detail
+    tiles = highres_tiles(image, 336, 4)
+    assert np.array_equal(tiles[3], np.asarray(padded_canvas(image, 336))[336:, 336:])

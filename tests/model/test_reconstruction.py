@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from model_helpers import tiny_config
 
@@ -98,12 +99,12 @@ def test_vdep_in_the_model_and_its_batch_split(cache_dir, two_image_batch):
     torch.testing.assert_close(out.loss, out.loss_lm + out.loss_rec + 0.5 * out.loss_vdep)
     per_sample = [model(**{k: v[i:i + 1] for k, v in two_image_batch.items()}) for i in range(2)]
     model.train()
-    model.set_loss_weights(1.0, 1.0, pretraining=True)  # pre-training step: one sample per mode
-    split = model(**two_image_batch)
-    lm_index = [i for i in range(2) if torch.isclose(split.loss_lm, per_sample[i].loss_lm, atol=1e-4)]
-    assert len(lm_index) == 1  # L over one sample only ...
-    vdep_sample = per_sample[1 - lm_index[0]]
-    torch.testing.assert_close(split.loss_vdep, vdep_sample.loss_vdep, atol=1e-4, rtol=1e-4)  # ... L_vdep over the other
+    model.set_loss_weights(1.0, 1.0, pretraining=True)  # pre-training step on doubled data: each sample's mode
+    with pytest.raises(ValueError, match="vdep_mode"):
+        model(**two_image_batch)
+    split = model(**two_image_batch, vdep_mode=torch.tensor([True, False]))
+    torch.testing.assert_close(split.loss_lm, per_sample[1].loss_lm, atol=1e-4, rtol=1e-4)  # L over plain-mode sample 1
+    torch.testing.assert_close(split.loss_vdep, per_sample[0].loss_vdep, atol=1e-4, rtol=1e-4)  # L_vdep over sample 0
     model.set_loss_weights(1.0, 1.0, pretraining=False)  # fine-tuning: LLaVA's plain objective, as the paper
     assert model(**two_image_batch).loss_vdep is None
 

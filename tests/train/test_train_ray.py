@@ -60,6 +60,10 @@ def test_two_workers_zero2_then_zero3_learn(reference, tracking_uri):
     run2 = stage_run(tracking_uri, outcome.mlflow_run_id, "stage2")
     expected = {"lr/llm", "lr/vision", "grad_norm", "samples_per_s", "tokens_per_s", "loss_lm_ssft"}
     assert expected <= set(run2.data.metrics)
+    coverage = {k: v for k, v in run2.data.metrics.items() if k.startswith("ssft/")}  # App. B.11 targets covered
+    assert coverage and set(coverage) <= {"ssft/vq_coverage", "ssft/px_coverage"}
+    assert all(0.0 < v <= 1.0 for v in coverage.values()), coverage
+    assert not any(k.startswith("ssft/") for k in stage_run(tracking_uri, outcome.mlflow_run_id, "stage1").data.metrics)
     assert run2.data.metrics["skipped_steps"] == 0 and run2.data.params["world_size"] == "2"
     for stage in ("stage1", "stage2"):
         run_id = stage_run(tracking_uri, outcome.mlflow_run_id, stage).info.run_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from vlsa.bench.flops import Workload
+from vlsa.model.anyres import squarest_grid
 from vlsa.tokens import IGNORE_INDEX
 
 
@@ -40,6 +41,9 @@ def synthetic_batch(model, work: Workload, *, device: torch.device | str = "cpu"
         "pixel_hi": torch.randn(B, m, 3, s, s, generator=g),
         "tile_mask": torch.ones(B, m, dtype=torch.bool),
     }
+    if model.config.projector.type == "anyres":  # images that fill the squarest grid of m tiles
+        rows, cols = squarest_grid(m)
+        batch["image_sizes"] = torch.tensor([[rows * s, cols * s]] * B, dtype=torch.long)  # (B, 2)
     head = model.recon_head
     if recon and head is not None:
         batch["recon_latent"] = torch.randn(B, head.latent_channels, head.latent_size, head.latent_size, generator=g)

@@ -98,6 +98,21 @@ class DenoiserDims:
 
 
 @dataclass(frozen=True)
+class RossDims:
+    """ROSS's encoder-block denoiser (``vlsa.model.ross``) and the latent it denoises (one token per latent pixel)."""
+
+    width: int
+    layers: int
+    channels: int
+    latent_side: int
+
+    @property
+    def image_tokens(self) -> int:
+        """n_x: latent tokens."""
+        return self.latent_side ** 2
+
+
+@dataclass(frozen=True)
 class ModelDims:
     """Everything the FLOP count needs from a config."""
 
@@ -105,7 +120,7 @@ class ModelDims:
     llm: LLMDims
     projector: ProjectorConfig
     epigone_rank: int = 0
-    denoiser: DenoiserDims | None = None
+    denoiser: DenoiserDims | RossDims | None = None
     conditioning: str = "projector"
 
     @classmethod
@@ -156,10 +171,14 @@ def _diffusers_config(part: ComponentConfig, cls, name: str) -> dict:
     return defaults | component_config(part, name)
 
 
-def _denoiser_dims(cfg: Config) -> DenoiserDims:
+def _denoiser_dims(cfg: Config) -> DenoiserDims | RossDims:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
 
     recon = cfg.model.recon
+    if recon.head == "ross":
+        vae = _diffusers_config(recon.vae, AutoencoderKL, "model.recon.vae")
+        down = 2 ** (len(vae["block_out_channels"]) - 1)
+        return RossDims(recon.ross.width, recon.ross.layers, vae["latent_channels"], recon.image_size // down)
     d = _diffusers_config(recon.denoiser, SD3Transformer2DModel, "model.recon.denoiser")
     if d.get("dual_attention_layers"):
         raise ValueError("model.recon.denoiser: FLOP counting covers SD3 (no dual attention), "
@@ -275,7 +294,7 @@ def _projector_macs(p: ProjectorConfig, l: int, m: int, d: int, D: int) -> Macs:
         return _perceiver_macs(p, l, m, d, D)
     if p.type == "mlp2x_gelu":
         return Macs(l * (d * D + D * D), 0, l * d * D, "l*(d*D + D^2)")
-    if p.type == "anyres":
+    if p.type in ("anyres", "hd_grid"):  # the newline tokens of anyres are a parameter, not a product
         n = (1 + m) * l
         return Macs(n * (d * D + D * D), 0, n * d * D, "(1+m)*l*(d*D + D^2)")
     if p.type == "pixel_unshuffle":
@@ -353,14 +372,29 @@ def denoiser_part(dims: ModelDims, work: Workload) -> Part:
                 formula, values, input_free=b2 * (patchify + t_embed), entry=b2 * (context + pooled))
 
 
+def ross_denoiser_part(dims: ModelDims, work: Workload) -> Part:
+    """One denoising step of ROSS's denoiser for B images: per block three input projections
+    (condition D -> W, latent C -> W, timestep) and a pre-norm encoder block (attention 4W^2, MLP 8W^2)."""
+    rd, D = dims.denoiser, dims.llm.width
+    W, n_x, C = rd.width, rd.image_tokens, rd.channels
+    per_block = n_x * (D * W + C * W + 12 * W * W) + W * W
+    t_embed, out = W * W + W * W, n_x * W * C  # TimestepEmbedding's two layers, output projection
+    values = {"B": work.batch, "n_x": n_x, "W": W, "L_d": rd.layers, "D": D, "C": C}
+    formula = "2*B*[L_d*(n_x*(D*W + C*W + 12*W^2) + W^2 + 2*n_x^2*W) + 2*W^2 + n_x*W*C]"
+    b2 = 2.0 * work.batch
+    return Part("denoiser", b2 * (rd.layers * per_block + t_embed + out), b2 * rd.layers * 2 * n_x * n_x * W,
+                formula, values, input_free=b2 * (t_embed + rd.layers * n_x * C * W), entry=b2 * rd.layers * n_x * D * W)
+
+
 # ------------------------------------------------------------------------------------------- totals
 
 
 def upstream(dims: ModelDims) -> dict[str, tuple[str, ...]]:
     """Parts whose gradients flow through each part (the data path of the model)."""
     cue = ("vision", "projector", "llm") if dims.conditioning == "llm_hidden" else ("vision", "projector")
+    denoiser = cue if isinstance(dims.denoiser, RossDims) else cue + ("epigone",)
     return {"vision": (), "projector": ("vision",), "llm": ("vision", "projector"), "epigone": cue,
-            "denoiser": cue + ("epigone",)}
+            "denoiser": denoiser}
 
 
 def multiplier(name: str, trainable: frozenset[str], ups: dict[str, tuple[str, ...]]) -> int:
@@ -414,7 +448,9 @@ def count(dims: ModelDims, work: Workload, trainable: frozenset[str] | set[str] 
     training = trainable is not None
     trainable = frozenset(trainable or ())
     parts = [vision_part(dims.vision, work), projector_part(dims, work), llm_part(dims, work)]
-    if dims.denoiser is not None and training:
+    if isinstance(dims.denoiser, RossDims) and training:
+        parts.append(ross_denoiser_part(dims, work))  # no Epigone: the LLM's outputs condition it directly
+    elif dims.denoiser is not None and training:
         parts += [epigone_part(dims, work), denoiser_part(dims, work)]
     ups = upstream(dims)
     for p in parts:

@@ -33,24 +33,30 @@ def test_image(side: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
 
 
-def _with_tile_cap(cfg: Config, cap: int) -> Config:
-    return cfg.with_overrides({"model.encoding.max_tiles": max(cap, cfg.model.encoding.max_tiles)})
+def _with_tile_cap(cfg: Config, grid: int) -> Config:
+    """Room for g x g tiles: VLSA's tile cap, and AnyRes resolutions up to g x g (LLaVA-NeXT's list scaled up,
+    so a square image of g tiles a side is cut into g x g tiles by both variants)."""
+    return cfg.with_overrides({"model.encoding.max_tiles": max(grid * grid, cfg.model.encoding.max_tiles),
+                               "model.encoding.anyres_grids": [[r, c] for r in range(1, grid + 1)
+                                                               for c in range(1, grid + 1)]})
 
 
 def prefill_fn(model, side: int, device: torch.device):
     """A closure running one prefill of an image of ``side`` pixels; returns (fn, visual tokens)."""
-    pixel_lo, pixel_hi = model.encoder()(test_image(side))
+    image = test_image(side)
+    pixel_lo, pixel_hi = model.encoder()(image)
     pixel_lo, pixel_hi = pixel_lo[None].to(device), pixel_hi[None].to(device)  # (1, 3, s, s), (1, m, 3, s, s)
+    sizes = torch.tensor([[image.height, image.width]], device=device)  # (1, 2)
     ids = torch.tensor([[model.image_token_id]], device=device)
     ones, counts = torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device)
-    tokens = model.token_count(pixel_hi.shape[1])
+    tokens = model.visual_tokens(image.height, image.width, pixel_hi.shape[1])
     if tokens > model.config.llm.max_length:
         raise ValueError(f"latency at {side}px: {tokens} visual tokens exceed model.llm.max_length "
                          f"{model.config.llm.max_length}")
 
     @torch.inference_mode()
     def run_once():
-        spliced, _ = model.prepare_inputs(ids, ones, counts, pixel_lo, pixel_hi)
+        spliced, _ = model.prepare_inputs(ids, ones, counts, pixel_lo, pixel_hi, image_sizes=sizes)
         return model.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                     use_cache=True, logits_to_keep=1).logits
 
@@ -60,8 +66,8 @@ def prefill_fn(model, side: int, device: torch.device):
 def measure(cfg: Config, device: torch.device) -> list[dict]:
     """One row per resolution: tokens, median latency, FLOPs of each variant, and the ratios."""
     dtype, bench = dtype_for(cfg, device), cfg.bench
-    cap = max(g * g for g in bench.latency_grids)
-    configs = {name: variants.inference_config(_with_tile_cap(make(cfg), cap)) for name, make in VARIANTS}
+    grid = max(bench.latency_grids)
+    configs = {name: variants.inference_config(_with_tile_cap(make(cfg), grid)) for name, make in VARIANTS}
     models = {name: build_model_on(c, device, dtype).eval() for name, c in configs.items()}
     dims = {name: flops.ModelDims.from_config(configs[name], len(m.tokenizer)) for name, m in models.items()}
     rows = []

@@ -28,7 +28,7 @@ def part_modules(model) -> dict[str, torch.nn.Module]:
     """The parts whose forward time is profiled."""
     parts = {"vision": model.vision_tower, "projector": model.projector, "llm": model.language_model}
     if model.recon_head is not None:
-        parts |= {"epigone": model.recon_head.epigone, "denoiser": model.recon_head.denoiser}
+        parts |= model.recon_head.trainable_parts()
     return parts
 
 

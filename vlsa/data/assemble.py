@@ -12,20 +12,22 @@ labeling job's ``LabelStore`` or a dict computed in-process (``compute_labels``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
-from vlsa.config import Config, DataConfig, DecodeConfig, SSFTConfig
+from vlsa.config import Config, DataConfig, DecodeConfig, EncodingConfig, SSFTConfig
 from vlsa.data import ssft as ssft_mod
 from vlsa.data.templates import ChatTemplate, Encoded, build_template, encode, label
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import Record, RecordRejected, Turn, read_image_bytes
 from vlsa.labels.shards import label_key
-from vlsa.model.encoding import CompressiveEncoder, recon_pixels
-from vlsa.model.geometry import config_token_count, vision_input_side
+from vlsa.model.encoding import recon_pixels
+from vlsa.model.geometry import config_num_patches, config_token_count, image_token_count, most_visual_tokens
+from vlsa.model.geometry import vision_input_side
+from vlsa.model.views import make_encoder
 from vlsa.tokens import IGNORE_INDEX, IMAGE_TOKEN
 
 SSFT_ATTEMPTS = 4
@@ -39,10 +41,15 @@ class Geometry:
     max_tiles: int
     vision_kind: str
     visual_tokens: Callable[[int], int]
-    """Visual tokens the LLM receives for an image of m tiles (the model's ``token_count``)."""
+    """Visual tokens the LLM receives for an image of m tiles, at most (sampler lengths)."""
     max_length: int
     recon_size: int
     vq_image_size: int
+    image_tokens: Callable[[int, int, int], int]
+    """Visual tokens of an image of (height, width) and m tiles, exactly (``anyres`` depends on the size)."""
+    projector: str = "sa_perceiver"
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    """Which views the projector takes (``vlsa.model.views.make_encoder``)."""
 
 
 class SampleBuilder:
@@ -59,7 +66,7 @@ class SampleBuilder:
         self.tokenizer, self.data, self.geometry = tokenizer, data, geometry
         self.template: ChatTemplate = build_template(data.template, tokenizer)
         self.labels, self.decode, self.recon, self.seed = labels, decode, recon, seed
-        self.encoder = CompressiveEncoder(geometry.image_size, geometry.max_tiles, geometry.vision_kind)
+        self.encoder = make_encoder(geometry.projector, geometry.image_size, geometry.encoding, geometry.vision_kind)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
     @property
@@ -134,13 +141,17 @@ class SampleBuilder:
     # ------------------------------------------------------------------------------------- ssft
 
     def augment(self, record: Record, turns: list[Turn], encoded: Encoded, visual: int, rows: list, epoch: int):
-        """Insert the drawn SSFT turns that fit; returns (turns, encoded, kinds inserted)."""
+        """Insert the drawn SSFT turns that fit; returns (turns, encoded, kinds inserted, coverage by kind).
+
+        Coverage is the fraction of the drawn quarter's values the inserted answer gives (0 when the
+        target did not fit at all)."""
         draws = ssft_mod.draw(self.ssft, self.seed, epoch, record.id)
         if not draws or len(record.images) != 1 or rows[0] is None:
-            return turns, encoded, []
-        kinds = []
+            return turns, encoded, [], {}
+        kinds, coverage = [], {}
         for d in draws:
-            budget = self.ssft.max_target_tokens
+            budget = self.ssft.budget(d.kind)
+            coverage[d.kind] = 0.0
             for _ in range(SSFT_ATTEMPTS):  # shrink the target until the whole sequence fits
                 target = self._target(d, rows[0], budget)
                 if target is None:
@@ -154,9 +165,10 @@ class SampleBuilder:
                 if excess <= 0:
                     turns, encoded = new_turns, new_encoded
                     kinds.append(d.kind)
+                    coverage[d.kind] = target.coverage
                     break
                 budget = self.count_tokens(target.answer) - excess
-        return turns, encoded, kinds
+        return turns, encoded, kinds, coverage
 
     def _target(self, d: ssft_mod.Draw, row: dict, budget: int) -> ssft_mod.Target | None:
         if d.kind == "vq":
@@ -187,19 +199,21 @@ class SampleBuilder:
     def build(self, record: Record, image_root: str, epoch: int = 0) -> dict:
         """One sample: ``input_ids``, ``labels``, ``ssft_mask`` (T,), ``pixel_lo`` (n, 3, s, s),
         ``pixel_hi`` (list of n (m_i, 3, s, s)), ``recon_pixels`` (n, 3, S, S) or ``recon_latent``
-        (n, C, s', s'), plus ``id`` and ``ssft`` (the kinds of SSFT turns inserted)."""
+        (n, C, s', s'), plus ``id``, ``ssft`` (the kinds of SSFT turns inserted) and ``ssft_coverage``
+        (the fraction of each drawn target's quarter the answer covers)."""
         images = self.load_images(record, image_root)
         rows = self.label_rows(record)
         tiles = [self.encoder.num_tiles(im.width, im.height) for im in images]
-        visual = sum(self.geometry.visual_tokens(m) - 1 for m in tiles)
+        visual = sum(self.geometry.image_tokens(im.height, im.width, m) - 1 for im, m in zip(images, tiles))
         turns, encoded = self.fit(record, visual)
-        turns, encoded, kinds = self.augment(record, turns, encoded, visual, rows, epoch)
+        turns, encoded, kinds, coverage = self.augment(record, turns, encoded, visual, rows, epoch)
         sample = {
             "id": record.id,
             "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),  # (T,)
             "labels": torch.tensor(encoded.labels, dtype=torch.long),  # (T,)
             "ssft_mask": torch.tensor(encoded.ssft_mask, dtype=torch.bool),  # (T,)
             "ssft": kinds,
+            "ssft_coverage": coverage,
         }
         sample.update(self.pixels(images, rows))
         return sample
@@ -211,6 +225,7 @@ class SampleBuilder:
         out = {
             "pixel_lo": torch.stack([lo for lo, _ in encoded]) if encoded else torch.zeros(0, 3, s, s),
             "pixel_hi": [hi for _, hi in encoded],
+            "image_sizes": torch.tensor([[im.height, im.width] for im in images], dtype=torch.long).view(-1, 2),
         }
         if self.recon == "latent":
             latents = [torch.from_numpy(_latent(row)) for row in rows]
@@ -258,9 +273,13 @@ def _runs(ids: list[int], token: int) -> int:
 def geometry_from_config(cfg: Config, model=None) -> Geometry:
     """Assembly sizes from a built model (exact) or, without one, from the config's vision part."""
     if model is not None:
-        image_size, visual = model.image_size, model.token_count
+        image_size, visual, exact = model.image_size, model.token_count, model.visual_tokens
     else:
         image_size, visual = vision_input_side(cfg.model), config_token_count(cfg.model)
+        exact = image_token_count(cfg.model, image_size, config_num_patches(cfg.model))
+    if cfg.model.projector.type == "anyres":  # LLaVA-NeXT's count depends on the size: bound lengths by the most
+        most = most_visual_tokens(cfg.model, image_size, config_num_patches(cfg.model))
+        visual = lambda m: most  # noqa: E731
     return Geometry(
         image_size=image_size,
         max_tiles=cfg.model.encoding.max_tiles,
@@ -269,4 +288,19 @@ def geometry_from_config(cfg: Config, model=None) -> Geometry:
         max_length=cfg.model.llm.max_length,
         recon_size=cfg.model.recon.image_size,
         vq_image_size=cfg.model.vq_image_size,
+        image_tokens=exact,
+        projector=cfg.model.projector.type,
+        encoding=cfg.model.encoding,
+    )
+    return Geometry(
+        image_size=image_size,
+        max_tiles=cfg.model.encoding.max_tiles,
+        vision_kind=cfg.model.vision.kind,
+        visual_tokens=visual,
+        max_length=cfg.model.llm.max_length,
+        recon_size=cfg.model.recon.image_size,
+        vq_image_size=cfg.model.vq_image_size,
+        image_tokens=exact,
+        projector=cfg.model.projector.type,
+        encoding=cfg.model.encoding,
     )

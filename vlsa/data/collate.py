@@ -3,8 +3,11 @@
 Tensor keys: ``input_ids`` (B, T) long, right-padded with the pad id; ``attention_mask`` (B, T) long;
 ``labels`` (B, T) long, -100 at padding; ``ssft_mask`` (B, T) bool; ``image_counts`` (B,) long;
 ``pixel_lo`` (N, 3, s, s); ``pixel_hi`` (N, M, 3, s, s) with ``tile_mask`` (N, M) bool (M: most tiles
-in the batch, padded tiles zero and False); and exactly one of ``recon_pixels`` (N, 3, S, S) or
-``recon_latent`` (N, C, s', s'). Non-tensor keys: ``ids``, ``ssft`` (kinds per sample) and
+in the batch, padded tiles zero and False); ``image_sizes`` (N, 2) each image's original (height, width);
+and exactly one of ``recon_pixels`` (N, 3, S, S) or
+``recon_latent`` (N, C, s', s'); ``vdep_mode`` (B,) bool when the samples come from VDEP's doubled
+data. Non-tensor keys: ``ids``, ``ssft`` (kinds per sample), ``ssft_coverage`` (fraction of each drawn
+target covered, per sample) and
 ``skipped`` (reasons of records replaced while loading), which the model ignores.
 """
 
@@ -28,8 +31,11 @@ class Collator:
             raise ValueError("cannot collate an empty list of samples")
         batch = self.text(samples)
         batch.update(self.images(samples))
+        if any("vdep_mode" in s for s in samples):  # VDEP's doubled pre-training data (vlsa.data.doubling)
+            batch["vdep_mode"] = torch.tensor([bool(s.get("vdep_mode", False)) for s in samples])  # (B,)
         batch["ids"] = [s["id"] for s in samples]
         batch["ssft"] = [list(s.get("ssft", [])) for s in samples]
+        batch["ssft_coverage"] = [dict(s.get("ssft_coverage", {})) for s in samples]
         batch["skipped"] = [reason for s in samples for reason in s.get("skipped", [])]
         return batch
 
@@ -67,4 +73,11 @@ class Collator:
             "pixel_hi": pixel_hi,
             "tile_mask": tile_mask,
             recon_key: torch.cat([s[recon_key] for s in samples]),
-        }
+        } | _image_sizes(samples)
+
+
+def _image_sizes(samples: list[dict]) -> dict:
+    """``image_sizes`` (N, 2) when every sample carries its images' original (height, width)."""
+    if not all("image_sizes" in s for s in samples):
+        return {}
+    return {"image_sizes": torch.cat([s["image_sizes"] for s in samples]).view(-1, 2)}

@@ -3,8 +3,10 @@
 Validates every record exactly as training does (structure, images, template alignment, length),
 prints the rejected records by reason, and renders N samples with the chat template applied, the
 cognition-alignment turns inserted and the supervised spans marked ``[[...]]``. ``--json`` prints one
-JSON object: ``total``, ``accepted``, ``rejected`` (reason -> count) and ``samples`` (``id``, ``text``,
-``supervised_text``, ``supervised_spans``, ``ssft``).
+JSON object: ``total``, ``accepted``, ``rejected`` (reason -> count), ``ssft_coverage`` (mean fraction of
+each drawn SSFT target covered over the rendered samples) and ``samples`` (``id``, ``text``,
+``supervised_text``, ``supervised_spans``, ``ssft``, ``ssft_coverage``, ``visual_tokens``: the tokens the
+configured projector gives the sample's images).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 from vlsa.config import load_config
 from vlsa.data.dataset import build_dataset
+from vlsa.data.ssft import CoverageMeter
 from vlsa.model.tokenizer import build_tokenizer
 from vlsa.tokens import IGNORE_INDEX
 
@@ -70,7 +73,14 @@ def render_sample(sample: dict, tokenizer) -> dict:
     supervised = [decode(ids[s:e]) for s, e in runs]
     return {"id": sample["id"], "text": decode(ids), "supervised_text": "".join(supervised),
             "supervised_spans": supervised, "marked": "".join(marked), "ssft": sample["ssft"],
-            "tokens": len(ids)}
+            "ssft_coverage": sample.get("ssft_coverage", {}), "tokens": len(ids)}
+
+
+def visual_tokens(dataset, sample: dict) -> int:
+    """Visual tokens the configured projector gives the sample's images (LLaVA-NeXT's depend on each size)."""
+    geometry = dataset.builder.geometry
+    sizes = sample["image_sizes"].tolist()
+    return sum(geometry.image_tokens(h, w, hi.shape[0]) for (h, w), hi in zip(sizes, sample["pixel_hi"]))
 
 
 def inspect(args: argparse.Namespace) -> dict:
@@ -86,7 +96,11 @@ def inspect(args: argparse.Namespace) -> dict:
     report = dataset.stats.to_dict()
     count = min(args.samples, len(dataset))
     picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)}) if count else []
-    report["samples"] = [render_sample(dataset[i], tokenizer) for i in picks]
+    report["samples"] = [render_sample(dataset[i], tokenizer) | {"visual_tokens": visual_tokens(dataset, dataset[i])}
+                         for i in picks]
+    meter = CoverageMeter()
+    meter.update([s["ssft_coverage"] for s in report["samples"]])
+    report["ssft_coverage"] = meter.means()
     return report
 
 
@@ -94,9 +108,12 @@ def print_report(report: dict) -> None:
     print(f"records: {report['total']}  accepted: {report['accepted']}  rejected: {sum(report['rejected'].values())}")
     for reason, n in report["rejected"].items():
         print(f"  {reason}: {n}")
+    for name, value in report["ssft_coverage"].items():
+        print(f"{name} (rendered samples): {value:.3f}")
     for sample in report["samples"]:
         ssft = sample["ssft"] or "none"
-        print(f"\n--- {sample['id']} ({sample['tokens']} tokens, ssft: {ssft}); supervised in [[...]]")
+        print(f"\n--- {sample['id']} ({sample['tokens']} text tokens, {sample['visual_tokens']} visual tokens, "
+              f"ssft: {ssft}); supervised in [[...]]")
         print(sample["marked"])
 
 

@@ -65,6 +65,25 @@ class Target:
     region: str
     resolution: tuple[int, int, int]
     reduced: bool  # a smaller block / strided grid was used to fit the budget
+    coverage: float = 1.0  # fraction of the named quarter's values the answer gives
+
+
+class CoverageMeter:
+    """Mean fraction of each SSFT target covered over the samples seen (a drawn target that did not
+    fit counts 0): ``update(sample_coverages)``, ``means() -> {"ssft/vq_coverage": .., ...}``."""
+
+    def __init__(self) -> None:
+        self.sums = {"vq": 0.0, "px": 0.0}
+        self.counts = {"vq": 0, "px": 0}
+
+    def update(self, coverages: list[dict[str, float]]) -> None:
+        for coverage in coverages:
+            for kind, value in coverage.items():
+                self.sums[kind] += float(value)
+                self.counts[kind] += 1
+
+    def means(self) -> dict[str, float]:
+        return {f"ssft/{kind}_coverage": self.sums[kind] / n for kind, n in self.counts.items() if n}
 
 
 def sample_rng(seed: int, epoch: int, sample_id: str) -> np.random.Generator:
@@ -107,7 +126,7 @@ def vq_target(
     answer = _vq_answer(grid.ravel(), encoding)
     used = count_tokens(answer)
     if used <= budget:
-        return _vq(d, grid.ravel(), answer, f"the {QUARTERS[d.quarter]} quarter of {SUBJECT}", vq_image_size, False)
+        return _vq(d, grid.ravel(), answer, f"the {QUARTERS[d.quarter]} quarter of {SUBJECT}", vq_image_size, False, 1.0)
     # start from the block size the average tokens per code allows, then shrink until it fits
     for k in range(min(side - 1, math.isqrt(budget * side * side // used)), 0, -1):
         r0, c0 = int(d.u_row * (side - k + 1)), int(d.u_col * (side - k + 1))
@@ -118,7 +137,7 @@ def vq_target(
             x0 = (d.quarter % 2) * side * cell + c0 * cell
             y1, x1 = y0 + k * cell - 1, x0 + k * cell - 1
             region = f"the region of {SUBJECT} spanning rows {y0}-{y1} and columns {x0}-{x1}"
-            return _vq(d, block, answer, region, vq_image_size, True)
+            return _vq(d, block, answer, region, vq_image_size, True, block.size / grid.size)
     return None
 
 
@@ -128,11 +147,11 @@ def _vq_answer(codes: np.ndarray, encoding: str) -> str:
     return VQ_START + ", ".join(str(int(c)) for c in codes) + VQ_END
 
 
-def _vq(d: Draw, codes: np.ndarray, answer: str, region: str, size: int, reduced: bool) -> Target:
+def _vq(d: Draw, codes: np.ndarray, answer: str, region: str, size: int, reduced: bool, coverage: float) -> Target:
     template = instructions()["vq"][d.template]
     note = f" Note that the image resolution is [3, {size}, {size}], so you should generate {codes.size} indices."
     question = template.replace(SUBJECT, region, 1) + note
-    return Target("vq", question, answer, [int(c) for c in codes], region, (3, size, size), reduced)
+    return Target("vq", question, answer, [int(c) for c in codes], region, (3, size, size), reduced, coverage)
 
 
 # --------------------------------------------------------------------------------------- pixels
@@ -151,7 +170,7 @@ def px_target(d: Draw, row: dict, *, budget: int, count_tokens: Callable[[str], 
         grid = quarter[::stride, ::stride]
         answer = full if stride == 1 else _px_answer(grid.reshape(-1, 3))
         if (used if stride == 1 else count_tokens(answer)) <= budget:
-            return _px(d, grid, answer, stride, (3, rgb.shape[0], rgb.shape[1]))
+            return _px(d, grid, answer, stride, (3, rgb.shape[0], rgb.shape[1]), grid.size / quarter.size)
         stride += 1
     return None
 
@@ -177,7 +196,8 @@ def _px_answer(values: np.ndarray) -> str:
     return RGB_START + "[" + ", ".join(f"[{r}, {g}, {b}]" for r, g, b in values.tolist()) + "]" + RGB_END
 
 
-def _px(d: Draw, grid: np.ndarray, answer: str, stride: int, resolution: tuple[int, int, int]) -> Target:
+def _px(d: Draw, grid: np.ndarray, answer: str, stride: int, resolution: tuple[int, int, int],
+        coverage: float) -> Target:
     name = f"the {QUARTERS[d.quarter]} quarter of {SUBJECT}"
     note = f" Note that the image resolution is [{resolution[0]}, {resolution[1]}, {resolution[2]}]."
     region = name
@@ -187,7 +207,7 @@ def _px(d: Draw, grid: np.ndarray, answer: str, stride: int, resolution: tuple[i
         note = note[:-1] + f", so you should give {rows} x {cols} = {rows * cols} RGB values."
     question = instructions()["px"][d.template].replace(SUBJECT, region, 1) + note
     values = grid.reshape(-1, 3).tolist()
-    return Target("px", question, answer, values, region, resolution, stride > 1)
+    return Target("px", question, answer, values, region, resolution, stride > 1, coverage)
 
 
 def _ordinal(n: int) -> str:

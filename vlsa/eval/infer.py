@@ -104,15 +104,19 @@ def answer_id(model_id: str, question_id, text: str) -> str:
     return uuid.uuid5(_ANSWER_NAMESPACE, json.dumps([model_id, str(question_id), text])).hex
 
 
-def pack_images(views: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``pixel_lo`` (N, 3, s, s), ``pixel_hi`` (N, M, 3, s, s) and ``tile_mask`` (N, M) from per-image views."""
+def pack_images(views: list[tuple[torch.Tensor, torch.Tensor]], images: list | None = None) -> dict[str, torch.Tensor]:
+    """``pixel_lo`` (N, 3, s, s), ``pixel_hi`` (N, M, 3, s, s) and ``tile_mask`` (N, M) from per-image views,
+    and ``image_sizes`` (N, 2), each original (height, width), when the PIL ``images`` are given."""
     most = max(hi.shape[0] for _, hi in views)
     lo = torch.stack([lo for lo, _ in views])  # (N, 3, s, s)
     hi = lo.new_zeros(len(views), most, *lo.shape[1:])  # (N, M, 3, s, s)
     mask = torch.zeros(len(views), most, dtype=torch.bool)  # (N, M)
     for n, (_, tiles) in enumerate(views):
         hi[n, : tiles.shape[0]], mask[n, : tiles.shape[0]] = tiles, True
-    return {"pixel_lo": lo, "pixel_hi": hi, "tile_mask": mask}
+    packed = {"pixel_lo": lo, "pixel_hi": hi, "tile_mask": mask}
+    if images is not None:
+        packed["image_sizes"] = torch.tensor([[im.height, im.width] for im in images], dtype=torch.long)  # (N, 2)
+    return packed
 
 
 # ------------------------------------------------------------------------------------------ answering
@@ -168,7 +172,7 @@ class Answerer:
         enc = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
         device, encoder = self.device, self.model.encoder()
         flat = [image for per in images for image in per]
-        pixels = {k: v.to(device) for k, v in pack_images([encoder(im) for im in flat]).items()} if flat else {}
+        pixels = {k: v.to(device) for k, v in pack_images([encoder(im) for im in flat], flat).items()} if flat else {}
         new = self.model.generate(
             enc.input_ids.to(device), enc.attention_mask.to(device),
             torch.tensor([len(per) for per in images], dtype=torch.long, device=device), **pixels,

@@ -78,7 +78,7 @@ class VLSAEvalModel:
         ids = torch.tensor([prompt_ids + cont_ids], device=device)  # (1, T)
         labels = torch.tensor([[IGNORE_INDEX] * len(prompt_ids) + cont_ids], device=device)  # (1, T)
         views = [a.model.encoder()(im) for im in images]
-        pixels = {k: v.to(device) for k, v in pack_images(views).items()} if images else {}
+        pixels = {k: v.to(device) for k, v in pack_images(views, images).items()} if images else {}
         counts = torch.tensor([len(images)], device=device)
         spliced, _ = a.model.prepare_inputs(ids, torch.ones_like(ids), counts, labels=labels, **pixels)
         logits = a.model.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,

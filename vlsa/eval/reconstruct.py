@@ -105,7 +105,8 @@ def model_views(model, images: list[Image.Image]) -> tuple[dict[str, torch.Tenso
         raise ValueError("reconstruction needs at least one image")
     device = next(model.parameters()).device
     encoder = model.encoder()
-    pixels = {k: v.to(device) for k, v in pack_images([encoder(im.convert("RGB")) for im in images]).items()}
+    rgb = [im.convert("RGB") for im in images]
+    pixels = {k: v.to(device) for k, v in pack_images([encoder(im) for im in rgb], rgb).items()}
     size = model.recon_head.image_size
     targets = torch.stack([recon_pixels(im.convert("RGB"), size, model.image_size) for im in images])
     return pixels, targets

@@ -26,6 +26,7 @@ from vlsa.model.epigone import Epigone
 from vlsa.model.geometry import component_config, num_patches
 from vlsa.model.projectors import build_projector
 from vlsa.model.reconstruction import ReconstructionHead
+from vlsa.model.ross import RossHead
 from vlsa.model.tokenizer import build_tokenizer
 from vlsa.model.vlm import VLSAModel
 
@@ -153,6 +154,22 @@ def build_denoiser(cfg: Config):
 
 
 def build_recon_head(cfg: Config, llm_dim: int):
+    """The reconstruction head of ``model.recon.head``: VLSA's (SD3) or ROSS's."""
+    if cfg.model.recon.head == "ross":
+        return build_ross_head(cfg, llm_dim)
+    return build_sd3_head(cfg, llm_dim)
+
+
+def build_ross_head(cfg: Config, llm_dim: int):
+    """ROSS: a random-init encoder-block denoiser conditioned on the LLM's image outputs + frozen KL VAE."""
+    recon = cfg.model.recon
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.seed)
+        return RossHead(recon.ross, build_vae(cfg), cond_dim=llm_dim, image_size=recon.image_size,
+                        sample_steps=recon.sample_steps)
+
+
+def build_sd3_head(cfg: Config, llm_dim: int):
     """Epigone + SD3 denoiser + frozen VAE, sized from the denoiser's own config."""
     recon = cfg.model.recon
     denoiser, vae = build_denoiser(cfg), build_vae(cfg)
@@ -188,7 +205,8 @@ def build_model(cfg: Config) -> VLSAModel:
         _fit_vocabulary(llm, tokenizer)
         d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
         l = num_patches(vision.config.image_size, vision.config.patch_size)
-        projector = build_projector(cfg.model.projector, d, D, num_patches=l)
+        projector = build_projector(cfg.model.projector, d, D, num_patches=l, image_size=vision.config.image_size,
+                                    grids=cfg.model.encoding.anyres_grids)
         recon_head = build_recon_head(cfg, D) if cfg.model.recon.enabled else None
     return VLSAModel(cfg.model, vision, projector, llm, tokenizer, recon_head)
 

@@ -8,11 +8,13 @@ the one place that answers them, so a built model and a config-only count can ne
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 from vlsa.config import ComponentConfig, ModelConfig, ProjectorConfig
 from vlsa.io import storage
+from vlsa.model.anyres import anyres_token_count, squarest_grid
 
 
 def component_config(part: ComponentConfig, name: str) -> dict[str, Any]:
@@ -64,9 +66,14 @@ def config_num_patches(model: ModelConfig) -> int:
 
 
 def visual_tokens(projector: ProjectorConfig, l: int, tiles: int) -> int:
-    """Visual tokens the LLM receives for one image of ``tiles`` tiles through ``projector`` (l patches a view)."""
-    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "anyres": (tiles + 1) * l, "qformer": projector.num_queries or l,
-              "pixel_unshuffle": (tiles + 1) * l // 4}
+    """Visual tokens the LLM receives for one image of ``tiles`` tiles through ``projector`` (l patches a view).
+
+    ``anyres`` depends on the image's size (``image_token_count``); here it counts an image that fills the
+    squarest grid of ``tiles`` tiles: no unpadding, one newline per token row.
+    """
+    newlines = squarest_grid(tiles)[0] * math.isqrt(l)
+    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "hd_grid": (tiles + 1) * l, "anyres": (tiles + 1) * l + newlines,
+              "qformer": projector.num_queries or l, "pixel_unshuffle": (tiles + 1) * l // 4}
     return counts[projector.type]
 
 
@@ -74,3 +81,20 @@ def config_token_count(model: ModelConfig) -> Callable[[int], int]:
     """Visual tokens per image (a function of the tile count) as the configured projector gives them."""
     l = config_num_patches(model)
     return lambda tiles: visual_tokens(model.projector, l, tiles)
+
+
+def image_token_count(model: ModelConfig, side: int, l: int) -> Callable[[int, int, int], int]:
+    """Visual tokens of an image of (height, width) cut into m tiles, exactly: LLaVA-NeXT's count for
+    ``anyres`` (a function of the size), the tile-count rule for every other projector."""
+    if model.projector.type == "anyres":
+        grids, patch = model.encoding.anyres_grids, side // math.isqrt(l)
+        return lambda h, w, m: anyres_token_count(h, w, grids, side, patch)
+    return lambda h, w, m: visual_tokens(model.projector, l, m)
+
+
+def most_visual_tokens(model: ModelConfig, side: int, l: int) -> int:
+    """The most visual tokens one image can give (sampler lengths, length checks before decoding)."""
+    if model.projector.type == "anyres":
+        exact = image_token_count(model, side, l)
+        return max(exact(r * side, c * side, r * c) for r, c in model.encoding.anyres_grids)
+    return visual_tokens(model.projector, l, model.encoding.max_tiles)

@@ -16,8 +16,13 @@ def stage_modules(model) -> dict[str, nn.Module]:
     """The trainable-unit modules of a ``VLSAModel`` by stage name (the recon parts only when present)."""
     modules = {"vision": model.vision_tower, "projector": model.projector, "llm": model.language_model}
     if model.recon_head is not None:
-        modules |= {"epigone": model.recon_head.epigone, "denoiser": model.recon_head.denoiser}
+        modules |= model.recon_head.trainable_parts()
     return modules
+
+
+def is_pretraining(stage: StageConfig) -> bool:
+    """An alignment stage: the LLM stays frozen (where VDEP applies, on doubled data)."""
+    return "llm" not in stage.lr
 
 
 def freeze_for_stage(model, stage: StageConfig) -> None:
@@ -48,8 +53,8 @@ def apply_stage(model, stage: StageConfig) -> list[dict]:
     """Freeze for ``stage``, set its loss weights and pre-training flag, return its param groups.
 
     A stage that leaves the LLM frozen is a pre-training (alignment) stage: the one where VDEP is
-    applied, with each batch split half/half between VDEP mode and plain mode.
+    applied, with the data doubled: each sample once in VDEP mode and once in plain mode.
     """
     freeze_for_stage(model, stage)
-    model.set_loss_weights(stage.w_lm, stage.w_rec, pretraining="llm" not in stage.lr)
+    model.set_loss_weights(stage.w_lm, stage.w_rec, pretraining=is_pretraining(stage))
     return param_groups(model, stage)

@@ -8,9 +8,14 @@ Every projector maps the vision tokens of N images, ``v_lo`` (N, l, d) and ``v_h
   low-res view's tokens for baselines, so the cue has one length across a batch);
 - ``pooled``: (N, D), the global embedding P (the query token, or the mean of the cue).
 
-Baselines: ``mlp2x_gelu`` (LLaVA-1.5 on the low-res view), ``anyres`` (LLaVA-NeXT: base view and
-every real tile through mlp2x_gelu, tiles flattened row-major, no newline token), ``qformer`` (learnable
-queries cross-attend to the tiles), ``pixel_unshuffle`` (2x2 token merge of each view, then an MLP).
+Baselines: ``mlp2x_gelu`` (LLaVA-1.5 on the low-res view), ``hd_grid`` (LLaVA-1.5-HD: base view and
+every real tile of the compressive encoding through mlp2x_gelu, tiles flattened row-major), ``anyres``
+(LLaVA-NeXT exactly: its own tiling, the tile grid unpadded to the image's aspect ratio and a learned
+newline token per row, see ``vlsa.model.anyres``), ``qformer`` (learnable queries cross-attend to the
+tiles), ``pixel_unshuffle`` (2x2 token merge of each view, then an MLP).
+
+``forward(v_lo, v_hi, hi_mask=None, image_sizes=None)``: ``image_sizes`` (N, 2) is each image's original
+(height, width), which only ``anyres`` needs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from vlsa.config import ProjectorConfig
+from vlsa.model.anyres import anyres_grid, anyres_token_count, unpadded_grid
 from vlsa.model.geometry import visual_tokens
 from vlsa.model.perceiver import SAPerceiver
 
@@ -59,7 +65,7 @@ class PerceiverProjector(nn.Module):
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
         return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
-    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+    def forward(self, v_lo, v_hi, hi_mask=None, image_sizes=None) -> ProjectorOutput:
         V, P = self.perceiver(v_lo, v_hi, hi_mask)  # (N, l, D), (N, D)
         return ProjectorOutput(tokens=list(V), cue=V, pooled=P)
 
@@ -76,13 +82,13 @@ class MLPProjector(nn.Module):
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
         return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
-    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+    def forward(self, v_lo, v_hi, hi_mask=None, image_sizes=None) -> ProjectorOutput:
         x = self.mlp(v_lo)  # (N, l, D)
         return ProjectorOutput(tokens=list(x), cue=x, pooled=x.mean(dim=1))
 
 
-class AnyResProjector(nn.Module):
-    """LLaVA-NeXT AnyRes: base view then every real tile, all through one mlp2x_gelu ((m+1)*l tokens)."""
+class HDGridProjector(nn.Module):
+    """LLaVA-1.5-HD: base view then every real tile, all through one mlp2x_gelu ((m+1)*l tokens)."""
 
     def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int) -> None:
         super().__init__()
@@ -93,11 +99,53 @@ class AnyResProjector(nn.Module):
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
         return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
-    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+    def forward(self, v_lo, v_hi, hi_mask=None, image_sizes=None) -> ProjectorOutput:
         base, tiles = self.mlp(v_lo), self.mlp(v_hi)  # (N, l, D), (N, M*l, D)
         mask = _full_mask(v_hi) if hi_mask is None else hi_mask
         tokens = [torch.cat([base[i], tiles[i][mask[i]]]) for i in range(base.shape[0])]
         return ProjectorOutput(tokens=tokens, cue=base, pooled=base.mean(dim=1))
+
+
+class AnyResProjector(nn.Module):
+    """LLaVA-NeXT AnyRes: base view, then the tile-token grid unpadded to the image with a newline per row."""
+
+    def __init__(self, cfg: ProjectorConfig, d: int, D: int, num_patches: int, *, image_size: int,
+                 grids: list[list[int]]) -> None:
+        super().__init__()
+        self.cfg, self.num_patches, self.side = cfg, num_patches, math.isqrt(num_patches)
+        self.image_size, self.grids = image_size, [tuple(g) for g in grids]
+        self.mlp = mlp2x_gelu(d, D)
+        self.image_newline = nn.Parameter(torch.randn(D) * D**-0.5)  # LLaVA-NeXT's init: std 1/sqrt(D)
+
+    def tokens_for_size(self, height: int, width: int) -> int:
+        """Visual tokens the LLM gets for an image of (height, width)."""
+        return anyres_token_count(height, width, self.grids, self.image_size, self.image_size // self.side)
+
+    def token_count(self, num_tiles: int) -> int:
+        """Visual tokens for an image that exactly fills a grid of ``num_tiles`` tiles (the squarest one)."""
+        return visual_tokens(self.cfg, self.num_patches, num_tiles)
+
+    def forward(self, v_lo, v_hi, hi_mask=None, image_sizes=None) -> ProjectorOutput:
+        if image_sizes is None:
+            raise ValueError("the anyres projector needs image_sizes (N, 2): each image's original (height, width), "
+                             "to cut its tiles and unpad them as LLaVA-NeXT does")
+        base, tiles = self.mlp(v_lo), self.mlp(v_hi)  # (N, l, D), (N, M*l, D)
+        mask = _full_mask(v_hi) if hi_mask is None else hi_mask
+        tokens = [torch.cat([base[i], self._pack(tiles[i][mask[i]], *map(int, image_sizes[i]))]) for i in range(len(base))]
+        return ProjectorOutput(tokens=tokens, cue=base, pooled=base.mean(dim=1))
+
+    def _pack(self, tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(m*l, D) tile tokens -> the unpadded (h, w) token grid with a newline ending each row, (h*(w+1), D)."""
+        rows, cols = anyres_grid(height, width, self.grids, self.image_size)
+        g, D = self.side, tiles.shape[-1]
+        if tiles.shape[0] != rows * cols * g * g:
+            raise ValueError(f"anyres: an image of {height}x{width} has {rows}x{cols} tiles ({rows * cols * g * g} "
+                             f"tokens) but {tiles.shape[0]} tile tokens were given")
+        grid = tiles.view(rows, cols, g, g, D).permute(0, 2, 1, 3, 4).reshape(rows * g, cols * g, D)
+        top, bottom, left, right = unpadded_grid(height, width, rows * g, cols * g)
+        grid = grid[top:bottom, left:right]  # (h, w, D)
+        newline = self.image_newline.to(grid.dtype).expand(grid.shape[0], 1, D)
+        return torch.cat([grid, newline], dim=1).reshape(-1, D)
 
 
 class QFormerProjector(nn.Module):
@@ -117,7 +165,7 @@ class QFormerProjector(nn.Module):
         """Visual tokens the LLM gets for an image of ``num_tiles`` tiles."""
         return visual_tokens(self.cfg, self.num_patches, num_tiles)
 
-    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+    def forward(self, v_lo, v_hi, hi_mask=None, image_sizes=None) -> ProjectorOutput:
         q = self.norm_q(self.queries).unsqueeze(0).expand(v_hi.shape[0], -1, -1)  # (N, n_q, d)
         kv = self.norm_kv(v_hi)
         pad = None if hi_mask is None else ~hi_mask  # MultiheadAttention: True = ignore
@@ -148,7 +196,7 @@ class PixelUnshuffleProjector(nn.Module):
         grid = x.transpose(1, 2).reshape(v, d, self.side, self.side)  # (V, d, s, s)
         return self.unshuffle(grid).flatten(2).transpose(1, 2)  # (V, l/4, 4d)
 
-    def forward(self, v_lo, v_hi, hi_mask=None) -> ProjectorOutput:
+    def forward(self, v_lo, v_hi, hi_mask=None, image_sizes=None) -> ProjectorOutput:
         n, l, d = v_lo.shape
         base = self.mlp(self._merge(v_lo))  # (N, l/4, D)
         tiles = self.mlp(self._merge(v_hi.reshape(-1, l, d))).reshape(n, -1, base.shape[-1])  # (N, M*l/4, D)
@@ -164,12 +212,21 @@ def _full_mask(v_hi: torch.Tensor) -> torch.Tensor:
 _PROJECTORS = {
     "sa_perceiver": PerceiverProjector,
     "mlp2x_gelu": MLPProjector,
+    "hd_grid": HDGridProjector,
     "anyres": AnyResProjector,
     "qformer": QFormerProjector,
     "pixel_unshuffle": PixelUnshuffleProjector,
 }
 
 
-def build_projector(cfg: ProjectorConfig, d: int, D: int, *, num_patches: int) -> nn.Module:
-    """The projector named by ``cfg.type``, mapping vision width d to LLM width D (l = ``num_patches``)."""
+def build_projector(cfg: ProjectorConfig, d: int, D: int, *, num_patches: int, image_size: int = 0,
+                    grids: list[list[int]] | None = None) -> nn.Module:
+    """The projector named by ``cfg.type``, mapping vision width d to LLM width D (l = ``num_patches``).
+
+    ``image_size`` (the vision input side) and ``grids`` (``model.encoding.anyres_grids``) are for ``anyres``.
+    """
+    if cfg.type == "anyres":
+        if not image_size or not grids:
+            raise ValueError("the anyres projector needs the vision input side and model.encoding.anyres_grids")
+        return AnyResProjector(cfg, d, D, num_patches, image_size=image_size, grids=grids)
     return _PROJECTORS[cfg.type](cfg, d, D, num_patches)

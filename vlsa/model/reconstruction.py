@@ -1,5 +1,8 @@
 """Reconstructive training with an LDM (Eq. 3-4): Epigone + SD3 MMDiT denoiser + frozen VAE.
 
+``LatentTargetHead`` holds what every head shares (the frozen VAE and the clean latent target); ROSS's
+own head (``vlsa.model.ross``) builds on it too.
+
 Rectified flow as in SD3: t ~ logit-normal, z_t = (1 - t) z + t eps, the MMDiT predicts the velocity
 v = eps - z, so one denoising step gives z_theta = z_t - t v_theta and L_rec = mean ||z - z_theta||^2.
 The target z is the VAE latent shifted and scaled by the VAE's own ``shift_factor`` and
@@ -46,29 +49,29 @@ def decode_latent(vae, latent: torch.Tensor) -> torch.Tensor:
     return images.clamp(-1.0, 1.0)
 
 
-class ReconstructionHead(nn.Module):
-    """L_rec from a visual cue: ``forward(cue, pooled, latent=.. | pixels=..) -> scalar``."""
+class LatentTargetHead(nn.Module):
+    """What every reconstruction head shares: the frozen VAE codec and the clean latent target z.
 
-    def __init__(self, epigone: Epigone, denoiser, vae, *, image_size: int, logit_mean: float = 0.0,
-                 logit_std: float = 1.0, sample_steps: int = 28) -> None:
+    Subclasses define ``forward(cue, pooled, latent=.. | pixels=..) -> L_rec``, ``sample(cue, pooled)``
+    and ``trainable_parts()`` (their modules by stage name, for per-stage freezing and learning rates).
+    """
+
+    def __init__(self, vae, *, image_size: int) -> None:
         super().__init__()
-        self.epigone, self.denoiser = epigone, denoiser
         object.__setattr__(self, "vae", vae)  # a plain attribute, not a submodule (see the module doc)
         self.vae.requires_grad_(False)
-        self.logit_mean, self.logit_std, self.sample_steps = logit_mean, logit_std, sample_steps
         self.latent_channels = vae.config.latent_channels
         self.latent_size = image_size // vae_downsampling(vae)
         self.image_size = image_size
-        _check_geometry(denoiser.config, self.latent_channels, self.latent_size, image_size)
 
-    def _apply(self, fn, recurse: bool = True) -> "ReconstructionHead":
+    def _apply(self, fn, recurse: bool = True) -> "LatentTargetHead":
         """Device moves and dtype casts reach the VAE too."""
         super()._apply(fn, recurse)
         self.vae._apply(fn, recurse)
         return self
 
-    def train(self, mode: bool = True) -> "ReconstructionHead":
-        """Train mode for Epigone and denoiser; the frozen VAE always stays in eval mode."""
+    def train(self, mode: bool = True) -> "LatentTargetHead":
+        """Train mode for the trained parts; the frozen VAE always stays in eval mode."""
         super().train(mode)
         self.vae.eval()
         return self
@@ -85,6 +88,21 @@ class ReconstructionHead(nn.Module):
         if latent.dim() != 4 or tuple(latent.shape[1:]) != expected:
             raise ValueError(f"recon_latent must be (N, {', '.join(map(str, expected))}), got {tuple(latent.shape)}")
         return latent
+
+
+class ReconstructionHead(LatentTargetHead):
+    """L_rec from a visual cue: ``forward(cue, pooled, latent=.. | pixels=..) -> scalar``."""
+
+    def __init__(self, epigone: Epigone, denoiser, vae, *, image_size: int, logit_mean: float = 0.0,
+                 logit_std: float = 1.0, sample_steps: int = 28) -> None:
+        super().__init__(vae, image_size=image_size)
+        self.epigone, self.denoiser = epigone, denoiser
+        self.logit_mean, self.logit_std, self.sample_steps = logit_mean, logit_std, sample_steps
+        _check_geometry(denoiser.config, self.latent_channels, self.latent_size, image_size)
+
+    def trainable_parts(self) -> dict[str, nn.Module]:
+        """Epigone and the MMDiT, by stage name."""
+        return {"epigone": self.epigone, "denoiser": self.denoiser}
 
     def velocity(self, z_t: torch.Tensor, t: torch.Tensor, cue: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """v_theta(z_t, t, Epigone([cue, pooled]))."""

@@ -6,7 +6,8 @@ checkpoint keys map simply; ``recon_head`` (Epigone, denoiser, frozen VAE) exist
 whose ``loss`` is ``w_lm * loss_lm + w_rec * loss_rec + alpha * loss_vdep``. The stage weights are
 set with ``set_loss_weights(w_lm, w_rec, pretraining)`` (``vlsa.model.params.apply_stage`` does it
 together with the freezing); the weights default to 1 and ``pretraining`` to True. ``pretraining``
-only matters for VDEP, which the paper applies in pre-training with its half/half batch split.
+only matters for VDEP, which the paper applies in pre-training on doubled data: each sample once in
+VDEP mode (image loss only) and once in plain mode (text loss), marked per sample by ``vdep_mode``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from torch import nn
 
 from vlsa import tokens
 from vlsa.config import ModelConfig
-from vlsa.model.encoding import CompressiveEncoder
 from vlsa.model.geometry import num_patches
 from vlsa.model.projectors import ProjectorOutput
 from vlsa.model.splice import Spliced, check_image_counts, splice_visual_tokens
 from vlsa.model.vdep import vdep_loss
+from vlsa.model.views import make_encoder
 
 BATCH_TENSORS = {
     "input_ids", "attention_mask", "labels", "ssft_mask", "image_counts", "pixel_lo", "pixel_hi",
-    "tile_mask", "recon_pixels", "recon_latent",
+    "tile_mask", "recon_pixels", "recon_latent", "vdep_mode", "image_sizes",
 }
 
 
@@ -73,12 +74,19 @@ class VLSAModel(nn.Module):
         return num_patches(self.vision_tower.config.image_size, self.vision_tower.config.patch_size)
 
     def token_count(self, num_tiles: int) -> int:
-        """Visual tokens the LLM receives for an image cut into ``num_tiles`` tiles."""
+        """Visual tokens the LLM receives for an image cut into ``num_tiles`` tiles (for ``anyres``: an image
+        that fills its grid; ``visual_tokens`` is exact for any image)."""
         return self.projector.token_count(num_tiles)
 
-    def encoder(self) -> CompressiveEncoder:
-        """The image -> (pixel_lo, pixel_hi) encoder matching this vision tower."""
-        return CompressiveEncoder(self.image_size, self.config.encoding.max_tiles, self.config.vision.kind)
+    def visual_tokens(self, height: int, width: int, num_tiles: int) -> int:
+        """Visual tokens the LLM receives for an image of (height, width) cut into ``num_tiles`` tiles."""
+        if hasattr(self.projector, "tokens_for_size"):
+            return self.projector.tokens_for_size(height, width)
+        return self.projector.token_count(num_tiles)
+
+    def encoder(self):
+        """The image -> (pixel_lo, pixel_hi) encoder this vision tower and projector take (``vlsa.model.views``)."""
+        return make_encoder(self.config.projector.type, self.image_size, self.config.encoding, self.config.vision.kind)
 
     def set_loss_weights(self, w_lm: float, w_rec: float, pretraining: bool = True) -> None:
         """Stage weights of L and L_rec; ``pretraining``: an alignment stage (VDEP on, with its batch split)."""
@@ -98,8 +106,10 @@ class VLSAModel(nn.Module):
         hidden = out.hidden_states[self.config.vision.select_layer]  # (K, 1+l or l, d)
         return hidden[:, -self.num_patches:]
 
-    def encode_images(self, pixel_lo: torch.Tensor, pixel_hi: torch.Tensor, tile_mask: torch.Tensor | None) -> ProjectorOutput:
-        """Projector outputs of N images from pixel_lo (N, 3, h, w), pixel_hi (N, M, 3, h, w), tile_mask (N, M)."""
+    def encode_images(self, pixel_lo: torch.Tensor, pixel_hi: torch.Tensor, tile_mask: torch.Tensor | None,
+                      image_sizes: torch.Tensor | None = None) -> ProjectorOutput:
+        """Projector outputs of N images from pixel_lo (N, 3, h, w), pixel_hi (N, M, 3, h, w), tile_mask (N, M)
+        and image_sizes (N, 2), the original (height, width) (needed by ``anyres`` only)."""
         tile_mask = self._check_pixels(pixel_lo, pixel_hi, tile_mask)
         n, m = tile_mask.shape
         l = self.num_patches
@@ -108,7 +118,7 @@ class VLSAModel(nn.Module):
         v_hi = feats.new_zeros(n, m, l, feats.shape[-1])
         v_hi[tile_mask] = feats[n:]
         hi_mask = tile_mask.repeat_interleave(l, dim=1)  # (N, M*l)
-        return self.projector(v_lo, v_hi.view(n, m * l, -1), hi_mask)
+        return self.projector(v_lo, v_hi.view(n, m * l, -1), hi_mask, image_sizes=image_sizes)
 
     def _check_pixels(self, pixel_lo, pixel_hi, tile_mask) -> torch.Tensor:
         channels, side = self.vision_tower.config.num_channels, self.image_size
@@ -132,7 +142,8 @@ class VLSAModel(nn.Module):
     # ------------------------------------------------------------------------------- LLM inputs
 
     def prepare_inputs(self, input_ids, attention_mask, image_counts=None, pixel_lo=None, pixel_hi=None,
-                       tile_mask=None, labels=None, ssft_mask=None, pad_left=False) -> tuple[Spliced, ProjectorOutput | None]:
+                       tile_mask=None, labels=None, ssft_mask=None, pad_left=False,
+                       image_sizes=None) -> tuple[Spliced, ProjectorOutput | None]:
         """Spliced LLM inputs and the projector outputs (None for a text-only batch)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -140,7 +151,7 @@ class VLSAModel(nn.Module):
             image_counts = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         num_images = 0 if pixel_lo is None else pixel_lo.shape[0]
         check_image_counts(input_ids, attention_mask, image_counts, num_images, self.image_token_id)
-        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask) if num_images else None
+        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask, image_sizes) if num_images else None
         spliced = splice_visual_tokens(
             input_ids, attention_mask, self.language_model.get_input_embeddings(), [] if proj is None else proj.tokens,
             self.image_token_id, labels=labels, ssft_mask=ssft_mask, pad_left=pad_left,
@@ -151,18 +162,19 @@ class VLSAModel(nn.Module):
     # ------------------------------------------------------------------------------- training
 
     def forward(self, input_ids, attention_mask=None, labels=None, ssft_mask=None, image_counts=None,
-                pixel_lo=None, pixel_hi=None, tile_mask=None, recon_pixels=None, recon_latent=None, **extra) -> VLSAOutput:
+                pixel_lo=None, pixel_hi=None, tile_mask=None, recon_pixels=None, recon_latent=None, vdep_mode=None,
+                image_sizes=None, **extra) -> VLSAOutput:
         """Losses and logits of one collated batch (non-tensor extra keys such as ``ids`` are ignored)."""
         unknown = sorted(k for k, v in extra.items() if isinstance(v, torch.Tensor))
         if unknown:
             raise TypeError(f"unexpected batch tensors {unknown}; known: {sorted(BATCH_TENSORS)}")
         spliced, proj = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi,
-                                            tile_mask, labels, ssft_mask)
+                                            tile_mask, labels, ssft_mask, image_sizes=image_sizes)
         vdep_on, cond_hidden = self._vdep_active() and proj is not None, self._conditions_on_llm()
-        vdep_samples = self._vdep_samples(input_ids.shape[0], input_ids.device) if vdep_on else None
+        vdep_samples = self._vdep_samples(vdep_mode, input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
         if lm_labels is not None and vdep_on and self._splits_batch():
-            lm_labels = lm_labels.masked_fill(vdep_samples[:, None], tokens.IGNORE_INDEX)  # VDEP half: image loss only
+            lm_labels = lm_labels.masked_fill(vdep_samples[:, None], tokens.IGNORE_INDEX)  # VDEP mode: image loss only
         out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                   output_hidden_states=vdep_on or cond_hidden, use_cache=False)
         loss_lm, loss_sft, loss_ssft = lm_losses(out.logits, lm_labels, spliced.ssft_mask)
@@ -178,17 +190,19 @@ class VLSAModel(nn.Module):
         return self.recon_head is not None and self.config.recon.conditioning == "llm_hidden"
 
     def _splits_batch(self) -> bool:
-        """VDEP's half/half split: pre-training steps only (evaluation scores every sample both ways)."""
+        """VDEP's two modes: pre-training steps only (evaluation scores every sample both ways)."""
         return self.training and self.pretraining and self.config.vdep.split_batch
 
-    def _vdep_samples(self, batch: int, device) -> torch.Tensor:
-        """Samples in VDEP mode: a random half when splitting (pre-training), else all."""
+    def _vdep_samples(self, vdep_mode: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """Samples in VDEP mode: the batch's ``vdep_mode`` (doubled data) when splitting, else all."""
         if not self._splits_batch():
             return torch.ones(batch, dtype=torch.bool, device=device)
-        half = batch // 2 if batch > 1 else int(torch.randint(0, 2, ()))  # a single sample: a coin flip
-        mask = torch.zeros(batch, dtype=torch.bool)
-        mask[torch.randperm(batch)[:half]] = True
-        return mask.to(device)
+        if vdep_mode is None:
+            raise ValueError("a VDEP pre-training step needs the batch's `vdep_mode` (B,): train on "
+                             "vlsa.data.doubling.DoubledDataset, which gives each sample once in each mode")
+        if tuple(vdep_mode.shape) != (batch,):
+            raise ValueError(f"vdep_mode must be ({batch},), got {tuple(vdep_mode.shape)}")
+        return vdep_mode.to(device=device, dtype=torch.bool)
 
     def _recon_loss(self, proj, spliced: Spliced, out, recon_pixels, recon_latent) -> torch.Tensor | None:
         """L_rec, or None without a reconstruction head, images or targets."""
@@ -215,9 +229,10 @@ class VLSAModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, image_counts=None, pixel_lo=None, pixel_hi=None,
-                 tile_mask=None, **generate_kwargs) -> torch.Tensor:
+                 tile_mask=None, image_sizes=None, **generate_kwargs) -> torch.Tensor:
         """New token ids (B, T_new) from prompts with ``<image>`` placeholders; greedy unless told otherwise."""
-        spliced, _ = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi, tile_mask, pad_left=True)
+        spliced, _ = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi, tile_mask,
+                                         pad_left=True, image_sizes=image_sizes)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.language_model.generate(
@@ -233,22 +248,23 @@ class VLSAModel(nn.Module):
         device = self.language_model.device
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         new = self.generate(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long, device=device),
-                            pixel_lo[None].to(device), pixel_hi[None].to(device), max_new_tokens=max_new_tokens)
+                            pixel_lo[None].to(device), pixel_hi[None].to(device), max_new_tokens=max_new_tokens,
+                            image_sizes=torch.tensor([[image.height, image.width]], device=device))
         return self.tokenizer.decode(new[0], skip_special_tokens=True)
 
     @torch.no_grad()
     def reconstruct(self, pixel_lo, pixel_hi, tile_mask=None, steps: int | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, image_sizes=None) -> torch.Tensor:
         """Images (N, 3, S, S) in [-1, 1] sampled from the visual cue of each image alone (Fig. 4)."""
         if self.recon_head is None:
             raise ValueError("reconstruct() needs model.recon.enabled (this model has no denoiser)")
-        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask)
+        proj = self.encode_images(pixel_lo, pixel_hi, tile_mask, image_sizes)
         cue, pooled = proj.cue, proj.pooled
         if self._conditions_on_llm():
             n = pixel_lo.shape[0]
             ids = torch.full((n, 1), self.image_token_id, dtype=torch.long, device=pixel_lo.device)
             spliced, _ = self.prepare_inputs(ids, torch.ones_like(ids), torch.ones(n, dtype=torch.long, device=ids.device),
-                                             pixel_lo, pixel_hi, tile_mask)
+                                             pixel_lo, pixel_hi, tile_mask, image_sizes=image_sizes)
             out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                       output_hidden_states=True, use_cache=False)
             cue, pooled = hidden_cue(out.hidden_states[-1], spliced.spans, proj.cue.shape[1])

@@ -17,7 +17,9 @@ import torch
 from vlsa.config import Config, StageConfig
 from vlsa.data.collate import Collator
 from vlsa.data.dataset import build_dataset
+from vlsa.data.doubling import DoubledDataset
 from vlsa.data.sampler import LengthGroupedSampler
+from vlsa.model.params import is_pretraining
 from vlsa.train.schedule import stage_total_steps
 
 
@@ -54,6 +56,8 @@ def build_stage_data(cfg: Config, stage: StageConfig, tokenizer, *, rank: int, w
 
     # Sizes come from the config, not the model, so loader processes never receive a model copy.
     dataset = build_dataset(cfg, stage.data, tokenizer)
+    if doubles_for_vdep(cfg, stage):
+        dataset = DoubledDataset(dataset)
     sampler = LengthGroupedSampler(dataset.lengths, stage.micro_batch, world_size=world_size, rank=rank,
                                    seed=cfg.train.seed)
     loader = DataLoader(
@@ -62,6 +66,12 @@ def build_stage_data(cfg: Config, stage: StageConfig, tokenizer, *, rank: int, w
         persistent_workers=False, drop_last=False,
     )
     return StageData(dataset, sampler, loader, stage_total_steps(stage, len(dataset), world_size))
+
+
+def doubles_for_vdep(cfg: Config, stage: StageConfig) -> bool:
+    """VDEP pre-training stages see every sample twice, once per mode (paper 003)."""
+    vdep = cfg.model.vdep
+    return vdep.enabled and vdep.split_batch and is_pretraining(stage)
 
 
 def take(stream: Iterator[dict], count: int) -> list[dict]:

@@ -23,6 +23,7 @@ import torch
 
 from vlsa.config import Config, ConfigError, config_from_dict
 from vlsa.data.collate import Collator
+from vlsa.data.ssft import CoverageMeter
 from vlsa.io.grid import side_by_side
 from vlsa.io.tracking import StageTracker
 from vlsa.model.builder import build_model, build_model_tokenizer
@@ -198,7 +199,8 @@ def visual_token_counter(model) -> Callable[[dict], int]:
 
     def count(batch: dict) -> int:
         tiles = batch["tile_mask"].sum(dim=1).tolist() if "tile_mask" in batch else []
-        visual = sum(model.token_count(int(m)) for m in tiles)
+        sizes = batch["image_sizes"].tolist() if "image_sizes" in batch else [(0, 0)] * len(tiles)
+        visual = sum(model.visual_tokens(h, w, int(m)) for (h, w), m in zip(sizes, tiles))
         return int(batch["attention_mask"].sum()) - int(batch["image_counts"].sum()) + visual
 
     return count
@@ -233,6 +235,7 @@ class StageRun:
             cfg, stage_index, plan.weights, worker, self.data.total_steps)
         guard = SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} ")
         self.progress = train_state.Progress(0, guard)
+        self.coverage = CoverageMeter()  # SSFT targets covered, on this worker's samples
         resume = plan.resume if plan.start == stage_index else None
         if resume is not None:
             self._restore(resume)
@@ -280,6 +283,8 @@ class StageRun:
     def one_step(self, stream, accumulation: int) -> StepResult:
         info = StepInfo(self.index, self.stage.name, self.progress.step + 1, self.worker.rank)
         batches = take(stream, accumulation)
+        for batch in batches:
+            self.coverage.update(batch.get("ssft_coverage", []))
         if self.hooks.on_batch is not None:
             batches = [self.hooks.on_batch(b, info) for b in batches]
         batches = [to_device(b, self.worker.device) for b in batches]
@@ -299,7 +304,7 @@ class StageRun:
         if self.worker.rank != 0:
             return
         epoch = self.progress.samples / max(1, len(self.data.dataset))
-        metrics = step_metrics(result, lrs, self.progress, seconds, epoch)
+        metrics = step_metrics(result, lrs, self.progress, seconds, epoch) | self.coverage.means()
         self.tracker.log_metrics(metrics, self.progress.step)
         total = self.data.total_steps
         if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
@@ -329,7 +334,7 @@ class StageRun:
         self.model.eval()
         with torch.no_grad():
             outputs = self.model.reconstruct(batch["pixel_lo"], batch["pixel_hi"], batch["tile_mask"],
-                                             generator=generator)
+                                             generator=generator, image_sizes=batch.get("image_sizes"))
             inputs = batch.get("recon_pixels")
             if inputs is None:
                 inputs = decode_latent(self.model.recon_head.vae, batch["recon_latent"])
