@@ -71,9 +71,10 @@ def visual_tokens(projector: ProjectorConfig, l: int, tiles: int) -> int:
     ``anyres`` depends on the image's size (``image_token_count``); here it counts an image that fills the
     squarest grid of ``tiles`` tiles: no unpadding, one newline per token row.
     """
-    newlines = squarest_grid(tiles)[0] * math.isqrt(l)
-    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "hd_grid": (tiles + 1) * l, "anyres": (tiles + 1) * l + newlines,
-              "qformer": projector.num_queries or l, "pixel_unshuffle": (tiles + 1) * l // 4}
+    if projector.type == "anyres":
+        return (tiles + 1) * l + squarest_grid(tiles)[0] * math.isqrt(l)
+    counts = {"sa_perceiver": l, "mlp2x_gelu": l, "hd_grid": (tiles + 1) * l, "qformer": projector.num_queries or l,
+              "pixel_unshuffle": (tiles + 1) * l // 4}
     return counts[projector.type]
 
 
