@@ -165,9 +165,14 @@ class VLSAModel(nn.Module):
         unknown = sorted(k for k, v in extra.items() if isinstance(v, torch.Tensor))
         if unknown:
             raise TypeError(f"unexpected batch tensors {unknown}; known: {sorted(BATCH_TENSORS)}")
+        # A text-only batch still runs the image path, on a blank image (see blank_image); before the
+        # LLM's embeddings, so that the modules run in the same order as for a batch with images.
+        blank = pixel_lo is None or pixel_lo.shape[0] == 0
+        blank_proj = self.encode_images(*self.blank_image(input_ids.device)) if blank else None
         spliced, proj = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi,
                                             tile_mask, labels, ssft_mask)
-        vdep_on, cond_hidden = self._vdep_active() and proj is not None, self._conditions_on_llm()
+        proj = blank_proj if blank else proj
+        vdep_on, cond_hidden = self._vdep_active() and not blank, self._conditions_on_llm()
         vdep_samples = self._vdep_samples(input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
         if lm_labels is not None and vdep_on and self._splits_batch():
@@ -179,9 +184,33 @@ class VLSAModel(nn.Module):
         if vdep_on:
             loss_vdep = vdep_loss(out.hidden_states[-1], spliced.inputs_embeds, spliced.image_index,
                                   autoregressive=self.config.model.vdep.autoregressive, sample_mask=vdep_samples)
-        loss_rec = self._recon_loss(proj, spliced, out, recon_pixels, recon_latent)
+        loss_rec = None if blank else self._recon_loss(proj, spliced, out, recon_pixels, recon_latent)
         total = self._total(loss_lm, loss_rec, loss_vdep)
+        if blank and total is not None:
+            total = total + self._blank_term(proj)
         return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, out.logits)
+
+    def blank_image(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One all-zero image (pixel_lo (1, 3, h, w), pixel_hi (1, 1, 3, h, w), tile_mask (1, 1)).
+
+        Under ZeRO-3 a module's parameters are gathered by a collective when it runs, so every rank
+        must run the same modules on every step: a micro-batch without any image runs the vision
+        tower, projector, Epigone and denoiser on this blank image (LLaVA feeds a zero image for the
+        same reason), and ``_blank_term`` keeps its contribution to every loss exactly zero.
+        """
+        channels, side = self.vision_tower.config.num_channels, self.image_size
+        pixel_lo = torch.zeros(1, channels, side, side, device=device)
+        return pixel_lo, pixel_lo[:, None], torch.ones(1, 1, dtype=torch.bool, device=device)
+
+    def _blank_term(self, proj: ProjectorOutput) -> torch.Tensor:
+        """0 x (the blank image's reconstruction loss + its projector outputs): exactly zero in value and in
+        gradient, yet every parameter of the image path is in the graph, as on a rank with images."""
+        term = sum(t.float().sum() for t in proj.tokens) + proj.cue.float().sum() + proj.pooled.float().sum()
+        if self.recon_head is not None:
+            head = self.recon_head
+            latent = proj.cue.new_zeros(1, head.latent_channels, head.latent_size, head.latent_size, dtype=torch.float32)
+            term = term + head(proj.cue, proj.pooled, latent=latent)  # the projector's cue in both conditionings
+        return 0.0 * term
 
     def _conditions_on_llm(self) -> bool:
         return self.recon_head is not None and self.config.model.recon.conditioning == "llm_hidden"
