@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlsa import tokens
 from vlsa.config import Config
 from vlsa.model import builder
 from vlsa.model.encoding import CompressiveEncoder
+from vlsa.model.lm_loss import chunked_lm_losses, lm_losses
 from vlsa.model.projectors import ProjectorOutput, build_projector
 from vlsa.model.splice import IGNORE, Spliced, check_image_counts, splice_visual_tokens
 from vlsa.model.vdep import vdep_loss
@@ -33,7 +33,8 @@ BATCH_TENSORS = {
 
 @dataclass
 class VLSAOutput:
-    """Losses (scalars; None when a part is off or has nothing to score) and the LLM logits (B, T, V)."""
+    """Losses (scalars; None when a part is off or has nothing to score) and the LLM logits (B, T, V)
+    (None when the LM loss is chunked: ``model.llm.loss_chunks``)."""
 
     loss: torch.Tensor | None
     loss_lm: torch.Tensor | None
@@ -41,7 +42,7 @@ class VLSAOutput:
     loss_vdep: torch.Tensor | None
     loss_lm_sft: torch.Tensor | None
     loss_lm_ssft: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 class VLSAModel(nn.Module):
@@ -177,9 +178,7 @@ class VLSAModel(nn.Module):
         lm_labels = spliced.labels
         if lm_labels is not None and vdep_on and self._splits_batch():
             lm_labels = lm_labels.masked_fill(vdep_samples[:, None], IGNORE)  # VDEP half: image loss only
-        out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                  output_hidden_states=vdep_on or cond_hidden, use_cache=False)
-        loss_lm, loss_sft, loss_ssft = lm_losses(out.logits, lm_labels, spliced.ssft_mask)
+        out, logits, (loss_lm, loss_sft, loss_ssft) = self._language_model(spliced, lm_labels, vdep_on or cond_hidden)
         loss_vdep = None
         if vdep_on:
             loss_vdep = vdep_loss(out.hidden_states[-1], spliced.inputs_embeds, spliced.image_index,
@@ -188,7 +187,20 @@ class VLSAModel(nn.Module):
         total = self._total(loss_lm, loss_rec, loss_vdep)
         if blank and total is not None:
             total = total + self._blank_term(proj)
-        return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, out.logits)
+        return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, logits)
+
+    def _language_model(self, spliced: Spliced, labels, hidden_states: bool):
+        """(LLM output, logits, LM losses). With ``model.llm.loss_chunks`` the LLM's decoder runs without its head and
+        the loss is chunked (no logits in the output); else the full head makes (B, T, V) logits."""
+        chunks = self.config.model.llm.loss_chunks
+        chunked = chunks > 0 and labels is not None
+        llm = self.language_model.base_model if chunked else self.language_model
+        out = llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                  output_hidden_states=hidden_states, use_cache=False)
+        if chunked:
+            head = self.language_model.get_output_embeddings()
+            return out, None, chunked_lm_losses(out.last_hidden_state, head, labels, spliced.ssft_mask, chunks)
+        return out, out.logits, lm_losses(out.logits, labels, spliced.ssft_mask)
 
     def blank_image(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One all-zero image (pixel_lo (1, 3, h, w), pixel_hi (1, 1, 3, h, w), tile_mask (1, 1)).
@@ -291,19 +303,6 @@ class VLSAModel(nn.Module):
                                       output_hidden_states=True, use_cache=False)
             cue, pooled = hidden_cue(out.hidden_states[-1], spliced.spans, proj.cue.shape[1])
         return self.recon_head.sample(cue, pooled, steps=steps, generator=generator)
-
-
-def lm_losses(logits, labels, ssft_mask):
-    """(L over all label positions, L over SFT positions, L over SSFT positions); parts None when empty."""
-    if labels is None:
-        return None, None, None
-    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
-                                reduction="none")  # (B, T-1)
-    valid = labels[:, 1:] != IGNORE
-    ssft = ssft_mask[:, 1:] & valid if ssft_mask is not None else torch.zeros_like(valid)
-    loss = per_token[valid].mean() if valid.any() else logits.sum() * 0.0  # keeps the graph for empty batches
-    sft = per_token[valid & ~ssft].mean() if (valid & ~ssft).any() else None
-    return loss, sft, per_token[ssft].mean() if ssft.any() else None
 
 
 def hidden_cue(hidden: torch.Tensor, spans, length: int) -> tuple[torch.Tensor, torch.Tensor]:
