@@ -57,9 +57,6 @@ class ComponentConfig:
     dtype: str = "fp32"
     """Dtype the weights are loaded in (``fp32`` or ``bf16``: half the memory while building); training casts to ``train.precision``."""
 
-    def __post_init__(self) -> None:
-        _check_choice("dtype of a model part", self.dtype, DTYPES)
-
     def defined(self) -> bool:
         return bool(self.path or self.init)
 
@@ -74,7 +71,6 @@ class VisionConfig(ComponentConfig):
     """Hidden-state layer whose patch tokens are used (-2: the penultimate layer, as LLaVA)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         _check_choice("model.vision.kind", self.kind, ("clip", "siglip"))
 
 
@@ -89,7 +85,6 @@ class LLMConfig(ComponentConfig):
     pass, so the (B, T, V) fp32 logits never exist (0: the plain head over every position; forward then returns logits)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.loss_chunks < 0:
             raise ConfigError(f"model.llm.loss_chunks must be >= 0, got {self.loss_chunks}")
 
@@ -226,6 +221,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.attn_implementation", self.attn_implementation, ATTENTION)
+        parts = {"vision": self.vision, "llm": self.llm, "recon.denoiser": self.recon.denoiser,
+                 "recon.vae": self.recon.vae, "vq": self.vq}
+        for name, part in parts.items():
+            _check_choice(f"model.{name}.dtype", part.dtype, DTYPES)
 
 
 # ------------------------------------------------------------------------------------------ data
