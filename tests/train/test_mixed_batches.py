@@ -38,13 +38,16 @@ def mixed_records(demo) -> list[dict]:
 
 
 def mixed_config(demo, cache_dir: str, root: Path, tracking_uri: str):
-    """One Stage II-like stage on ZeRO-3: everything trainable, 2 workers, micro-batch 1, no accumulation."""
-    cfg = vlsa.load_config("tiny", [f"model.cache_dir={cache_dir}"])
+    """One Stage II-like stage on ZeRO-3: everything trainable, 2 workers, micro-batch 1, no accumulation,
+    with the paper presets' memory controls (chunked LM loss, LLM activations recomputed; their head and
+    layers run again in the backward pass, where ZeRO-3 gathers them again)."""
+    cfg = vlsa.load_config("tiny", [f"model.cache_dir={cache_dir}", "model.llm.loss_chunks=4"])
     data = cfg.to_dict()
     path = root / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in mixed_records(demo)))
     stage = data["train"]["stages"][1]
-    stage |= {"max_steps": STEPS, "global_batch": 2, "micro_batch": 1, "zero_stage": 3}
+    stage |= {"max_steps": STEPS, "global_batch": 2, "micro_batch": 1, "zero_stage": 3,
+              "activation_checkpointing": ["llm"]}
     stage["data"] |= {"train": str(path), "image_root": demo.image_root, "ssft": {"p_vq": 0.0, "p_px": 0.0}}
     data["train"] |= {"stages": [stage], "num_workers": 0}
     data["run"] |= {"num_workers": 2, "max_failures": 0, "storage_path": str(root / "runs"), "name": "mixed"}
