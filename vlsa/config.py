@@ -55,7 +55,7 @@ class ComponentConfig:
     init: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the part's config class for a random instance (tiny and benchmark sizes)."""
     dtype: str = "fp32"
-    """Dtype the weights are loaded in (``fp32`` or ``bf16``: half the memory while building); training casts to ``train.precision``."""
+    """Dtype the weights load in: ``fp32`` or ``bf16`` (half the memory while building); training casts them."""
 
     def defined(self) -> bool:
         return bool(self.path or self.init)
@@ -81,8 +81,8 @@ class LLMConfig(ComponentConfig):
     max_length: int = 2048
     """Longest token sequence (text + visual tokens) a sample may have."""
     loss_chunks: int = 0
-    """L from the LM head in this many chunks of the supervised positions, each recomputed in the backward
-    pass, so the (B, T, V) fp32 logits never exist (0: the plain head over every position; forward then returns logits)."""
+    """L from the LM head in this many chunks of the supervised positions, each recomputed in the backward pass,
+    so the (B, T, V) fp32 logits never exist (0: the plain head over every position; forward returns logits)."""
 
     def __post_init__(self) -> None:
         if self.loss_chunks < 0:
@@ -217,7 +217,7 @@ class ModelConfig:
     seed: int = 0
     """Seed of the random initialisation of components built from ``init``."""
     attn_implementation: str = "sdpa"
-    """Attention kernel of the LLM and vision tower: ``sdpa``, ``eager`` or ``flash_attention_2`` (needs the flash_attn package)."""
+    """Attention of the LLM and vision tower: ``sdpa``, ``eager`` or ``flash_attention_2`` (needs flash_attn)."""
 
     def __post_init__(self) -> None:
         _check_choice("model.attn_implementation", self.attn_implementation, ATTENTION)

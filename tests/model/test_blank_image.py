@@ -32,7 +32,8 @@ def text_only_batch(model, texts=TEXTS) -> dict:
 
 
 def _grads(model, prefix: str = "") -> dict[str, torch.Tensor | None]:
-    return {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters() if n.startswith(prefix)}
+    params = model.named_parameters()
+    return {n: (None if p.grad is None else p.grad.clone()) for n, p in params if n.startswith(prefix)}
 
 
 def _lm_loss_without_image_path(model, batch) -> torch.Tensor:

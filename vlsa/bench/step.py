@@ -85,7 +85,8 @@ def _lines(metrics: dict, counts: dict) -> list[str]:
               (f"process peak memory        {_gib(metrics['process_peak_gib'])} "
                f"({metrics['process_peak_source']}; both variants resident)"),
               ("memory: resident = parameters, buffers, optimizer states and batch; step adds = peak allocated "
-               "by one more untimed step (CUDA only); peak alone = their sum"), *_logits_lines(metrics["lm_logits"]), ""]
+               "by one more untimed step (CUDA only); peak alone = their sum"),
+              *_logits_lines(metrics["lm_logits"]), ""]
     for name, c in counts.items():
         lines += [f"[{name}]", c.formula()]
     return lines
@@ -96,9 +97,10 @@ def _logits_lines(logits: dict) -> list[str]:
     lines = []
     for name, x in logits.items():
         how = "in use" if x["configured"] else "not in use: set model.llm.loss_chunks"
-        lines.append(f"LM logits [{name}] (B={x['batch']}, T={x['tokens']}, V={x['vocab']}, {x['supervised']} supervised): "
-                     f"plain head {_mib(x['plain_bytes'])} fp32, chunked loss ({x['chunks']} chunks, {how}) "
-                     f"{_mib(x['chunked_bytes'])}: {_mib(x['avoided_bytes'])} avoided (computed)")
+        shape = f"B={x['batch']}, T={x['tokens']}, V={x['vocab']}, {x['supervised']} supervised"
+        lines.append(f"LM logits [{name}] ({shape}): plain head {_mib(x['plain_bytes'])} fp32, chunked loss "
+                     f"({x['chunks']} chunks, {how}) {_mib(x['chunked_bytes'])}: {_mib(x['avoided_bytes'])} avoided "
+                     "(computed)")
     return lines
 
 

@@ -7,6 +7,9 @@ whose ``loss`` is ``w_lm * loss_lm + w_rec * loss_rec + alpha * loss_vdep``. The
 set with ``set_loss_weights(w_lm, w_rec, pretraining)`` (``vlsa.model.params.apply_stage`` does it
 together with the freezing); the weights default to 1 and ``pretraining`` to True. ``pretraining``
 only matters for VDEP, which the paper applies in pre-training with its half/half batch split.
+A batch without any image still runs the vision tower, projector and reconstruction head, on one blank
+image whose losses are zero (``blank_image``): under ZeRO-3 every rank must run the same modules on
+every step. A batch mixing image and text-only samples needs no blank: its images run the same modules.
 """
 
 from __future__ import annotations
@@ -220,7 +223,8 @@ class VLSAModel(nn.Module):
         term = sum(t.float().sum() for t in proj.tokens) + proj.cue.float().sum() + proj.pooled.float().sum()
         if self.recon_head is not None:
             head = self.recon_head
-            latent = proj.cue.new_zeros(1, head.latent_channels, head.latent_size, head.latent_size, dtype=torch.float32)
+            side = head.latent_size
+            latent = proj.cue.new_zeros(1, head.latent_channels, side, side, dtype=torch.float32)
             term = term + head(proj.cue, proj.pooled, latent=latent)  # the projector's cue in both conditionings
         return 0.0 * term
 
