@@ -3,7 +3,9 @@
 LLaVA-665K holds text-only records among image records. Under ZeRO-3 a module's parameters are
 gathered by a collective when it runs, so a rank whose micro-batch has no image must still run the
 vision tower, projector, Epigone and denoiser (on a blank image whose losses are zero), or the
-gathers of the two ranks stop lining up and the job hangs or fails.
+gathers of the two ranks stop lining up and the job hangs or fails. Without the blank image this test
+hangs at the first step that gives one rank an image and the other none: the rank with the image waits
+in an all-gather of its backward pass, the other in the reduce-scatter of its gradients.
 """
 
 from __future__ import annotations
