@@ -14,11 +14,17 @@ from vlsa.model.vlm import lm_losses
 TEXTS = ["Name a colour. red", "Which shape has three sides? a triangle"]
 
 
-def text_only_batch(model, texts=TEXTS) -> dict:
-    """A collated text-only batch: no placeholders, image tensors with zero rows (as the collate gives them)."""
+def text_only_batch(model, texts=TEXTS, latent: bool = False) -> dict:
+    """A collated text-only batch: no placeholders, image tensors with zero rows (as the collate gives them);
+    ``latent``: the reconstruction target as cached latents instead of pixels."""
     tok = model.tokenizer(texts, padding=True, return_tensors="pt")
     side, recon = model.image_size, model.config.model.recon.image_size
-    return {
+    if latent:
+        head = model.recon_head
+        target = {"recon_latent": torch.zeros(0, head.latent_channels, head.latent_size, head.latent_size)}
+    else:
+        target = {"recon_pixels": torch.zeros(0, 3, recon, recon)}
+    return target | {
         "input_ids": tok.input_ids,
         "attention_mask": tok.attention_mask,
         "labels": tok.input_ids.masked_fill(tok.attention_mask == 0, -100),
@@ -27,7 +33,6 @@ def text_only_batch(model, texts=TEXTS) -> dict:
         "pixel_lo": torch.zeros(0, 3, side, side),
         "pixel_hi": torch.zeros(0, 1, 3, side, side),
         "tile_mask": torch.zeros(0, 1, dtype=torch.bool),
-        "recon_pixels": torch.zeros(0, 3, recon, recon),
     }
 
 
@@ -50,13 +55,13 @@ NO_RECON = ("model.recon.enabled=false", "train.stages.0.lr={projector: 1.0e-3, 
             "train.stages.1.lr={projector: 1.0e-3, vision: 1.0e-3, llm: 1.0e-3}")
 
 
-@pytest.mark.parametrize("overrides", [(), ("model.recon.conditioning=llm_hidden",), NO_RECON],
-                         ids=["vlsa", "llm_hidden", "no_recon"])
-def test_text_only_batch_gives_the_llm_the_same_loss_and_gradients(cache_dir, overrides):
+@pytest.mark.parametrize("overrides, latent", [((), False), ((), True), (("model.recon.conditioning=llm_hidden",), False),
+                                               (NO_RECON, False)], ids=["vlsa", "vlsa_latent", "llm_hidden", "no_recon"])
+def test_text_only_batch_gives_the_llm_the_same_loss_and_gradients(cache_dir, overrides, latent):
     cfg = tiny_config(cache_dir, *overrides)
     model = vlsa.build_model(cfg).train()
     apply_stage(model, cfg.train.stages[1])  # everything trainable
-    batch = text_only_batch(model)
+    batch = text_only_batch(model, latent=latent)
 
     reference = _lm_loss_without_image_path(model, batch)
     reference.backward()

@@ -189,7 +189,7 @@ class VLSAModel(nn.Module):
         loss_rec = None if blank else self._recon_loss(proj, spliced, out, recon_pixels, recon_latent)
         total = self._total(loss_lm, loss_rec, loss_vdep)
         if blank and total is not None:
-            total = total + self._blank_term(proj)
+            total = total + self._blank_term(proj, from_pixels=recon_pixels is not None)
         return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, logits)
 
     def _language_model(self, spliced: Spliced, labels, hidden_states: bool):
@@ -217,15 +217,19 @@ class VLSAModel(nn.Module):
         pixel_lo = torch.zeros(1, channels, side, side, device=device)
         return pixel_lo, pixel_lo[:, None], torch.ones(1, 1, dtype=torch.bool, device=device)
 
-    def _blank_term(self, proj: ProjectorOutput) -> torch.Tensor:
+    def _blank_term(self, proj: ProjectorOutput, from_pixels: bool) -> torch.Tensor:
         """0 x (the blank image's reconstruction loss + its projector outputs): exactly zero in value and in
-        gradient, yet every parameter of the image path is in the graph, as on a rank with images."""
+        gradient, yet every parameter of the image path is in the graph, as on a rank with images. The target
+        comes the way the batch's would (``from_pixels``: through the VAE), so even the VAE runs as there."""
         term = sum(t.float().sum() for t in proj.tokens) + proj.cue.float().sum() + proj.pooled.float().sum()
         if self.recon_head is not None:
             head = self.recon_head
-            side = head.latent_size
-            latent = proj.cue.new_zeros(1, head.latent_channels, side, side, dtype=torch.float32)
-            term = term + head(proj.cue, proj.pooled, latent=latent)  # the projector's cue in both conditionings
+            if from_pixels:
+                target = {"pixels": proj.cue.new_zeros(1, 3, head.image_size, head.image_size, dtype=torch.float32)}
+            else:
+                side = head.latent_size
+                target = {"latent": proj.cue.new_zeros(1, head.latent_channels, side, side, dtype=torch.float32)}
+            term = term + head(proj.cue, proj.pooled, **target)  # the projector's cue in both conditionings
         return 0.0 * term
 
     def _conditions_on_llm(self) -> bool:
