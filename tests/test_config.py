@@ -42,6 +42,17 @@ def test_two_stage_presets_follow_table_7(name):
         assert stage.warmup_ratio == 0.03 and stage.weight_decay == 0.0
 
 
+@pytest.mark.parametrize("name", [p for p in PAPER_PRESETS if not p.endswith("stage1")])
+def test_paper_presets_set_the_memory_controls(name):
+    cfg = load_config(name)
+    model = cfg.model
+    assert [model.llm.dtype, model.vision.dtype, model.recon.denoiser.dtype, model.recon.vae.dtype] == ["bf16"] * 4
+    assert model.attn_implementation == "sdpa" and model.llm.loss_chunks == 8
+    llm_stages = [s for s in cfg.train.stages if "llm" in s.lr]
+    assert llm_stages and all(s.activation_checkpointing == ["llm"] for s in llm_stages)
+    assert all(s.activation_checkpointing == [] for s in cfg.train.stages if "llm" not in s.lr)
+
+
 def test_three_stage_variant_follows_the_earlier_appendix():
     stages = load_config("llava_next_llama3_8b_3stage").train.stages
     assert [s.global_batch for s in stages] == [256, 64, 32]
@@ -107,6 +118,11 @@ def test_dotted_overrides_reach_nested_fields_and_list_items():
         ("model.recon.enabled=false", "trains denoiser/epigone but model.recon.enabled=false"),
         ("model.vision.init={}", "need a `path` or an `init` config: ['model.vision']"),
         ("no_equals_sign", "not of the form key=value"),
+        ("model.recon.vae.dtype=fp16", "model.recon.vae.dtype='fp16' is not one of ('fp32', 'bf16')"),
+        ("model.attn_implementation=flash", "model.attn_implementation='flash' is not one of"),
+        ("model.llm.loss_chunks=-1", "model.llm.loss_chunks must be >= 0, got -1"),
+        ("train.stages.1.activation_checkpointing=[llm, lm_head]",
+         "stage stage2 activation_checkpointing part='lm_head' is not one of ('llm', 'vision', 'denoiser')"),
     ],
 )
 def test_bad_values_fail_naming_the_key_and_value(override, message):

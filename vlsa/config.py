@@ -39,6 +39,11 @@ def _check_positive(name: str, value: float) -> None:
 # ----------------------------------------------------------------------------------------- model
 
 
+DTYPES = ("fp32", "bf16")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+CHECKPOINTED = ("llm", "vision", "denoiser")
+
+
 @dataclass
 class ComponentConfig:
     """A pretrained part loaded with ``from_pretrained``."""
@@ -49,6 +54,8 @@ class ComponentConfig:
     """Subfolder of ``path`` holding this part (e.g. ``transformer`` of an SD3 pipeline directory)."""
     init: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the part's config class for a random instance (tiny and benchmark sizes)."""
+    dtype: str = "fp32"
+    """Dtype the weights load in: ``fp32`` or ``bf16`` (half the memory while building); training casts them."""
 
     def defined(self) -> bool:
         return bool(self.path or self.init)
@@ -73,6 +80,13 @@ class LLMConfig(ComponentConfig):
 
     max_length: int = 2048
     """Longest token sequence (text + visual tokens) a sample may have."""
+    loss_chunks: int = 0
+    """L from the LM head in this many chunks of the supervised positions, each recomputed in the backward pass,
+    so the (B, T, V) fp32 logits never exist (0: the plain head over every position; forward returns logits)."""
+
+    def __post_init__(self) -> None:
+        if self.loss_chunks < 0:
+            raise ConfigError(f"model.llm.loss_chunks must be >= 0, got {self.loss_chunks}")
 
 
 @dataclass
@@ -249,6 +263,15 @@ class ModelConfig:
     """Where ``s3://`` components are downloaded and tiny random components are saved."""
     seed: int = 0
     """Seed of the random initialisation of components built from ``init``."""
+    attn_implementation: str = "sdpa"
+    """Attention of the LLM and vision tower: ``sdpa``, ``eager`` or ``flash_attention_2`` (needs flash_attn)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.attn_implementation", self.attn_implementation, ATTENTION)
+        parts = {"vision": self.vision, "llm": self.llm, "recon.denoiser": self.recon.denoiser,
+                 "recon.vae": self.recon.vae, "vq": self.vq}
+        for name, part in parts.items():
+            _check_choice(f"model.{name}.dtype", part.dtype, DTYPES)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -356,8 +379,12 @@ class StageConfig:
     """Weight of the language-modeling loss L."""
     w_rec: float = 1.0
     """Weight of the reconstruction loss L_rec."""
+    activation_checkpointing: list[str] = field(default_factory=list)
+    """Parts whose activations are recomputed in the backward pass instead of kept: any of llm, vision, denoiser."""
 
     def __post_init__(self) -> None:
+        for part in self.activation_checkpointing:
+            _check_choice(f"stage {self.name} activation_checkpointing part", part, CHECKPOINTED)
         unknown = set(self.lr) - set(MODULES)
         if unknown:
             raise ConfigError(f"stage {self.name}: unknown modules in lr: {sorted(unknown)}; known: {MODULES}")
@@ -392,8 +419,6 @@ class TrainConfig:
     """Gradient-norm clipping."""
     precision: str = "auto"
     """``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
-    activation_checkpointing: bool = False
-    """Recompute LLM and vision activations in the backward pass."""
     max_consecutive_skips: int = 5
     """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
     checkpoint_every: int = 0

@@ -71,6 +71,7 @@ def test_step(capsys, cache_dir):
     assert mem["vlsa"]["resident_gib"] > mem["anyres"]["resident_gib"]  # denoiser, VAE and Epigone
     assert r["process_peak_gib"] >= mem["vlsa"]["resident_gib"] + mem["anyres"]["resident_gib"]
     assert "ru_maxrss" in r["process_peak_source"]
+    assert all(0 < x["chunked_bytes"] < x["plain_bytes"] for x in r["lm_logits"].values())
 
 
 def test_mfu(capsys, cache_dir):

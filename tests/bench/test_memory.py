@@ -76,3 +76,22 @@ def test_cuda_step_report_has_memory_per_variant(capsys, cache_dir):
         assert mem[name]["peak_gib"] == pytest.approx(mem[name]["resident_gib"] + mem[name]["step_gib"])
     # both variants stay resident during the timed steps, and each step adds its own activations
     assert r["process_peak_gib"] >= mem["vlsa"]["resident_gib"] + mem["anyres"]["resident_gib"]
+
+
+@pytest.mark.parametrize("chunks", [0, 3])
+def test_lm_logits_avoided_by_the_chunked_loss_are_computed_from_the_batch(cache_dir, chunks):
+    import vlsa
+    from vlsa.bench import variants
+    from vlsa.bench.loop import build_train_step
+
+    cfg = vlsa.load_config("tiny", [f"model.cache_dir={cache_dir}", f"model.llm.loss_chunks={chunks}",
+                                    "bench.batch=3", "bench.text_tokens=10", "bench.tiles=2"])
+    step = build_train_step(cfg, variants.bench_stage(cfg), variants.workload(cfg), torch.device("cpu"), torch.float32)
+    got = memory.lm_logits(step)
+    V = len(step.model.tokenizer)  # the LM head grew to the tokenizer
+    T = 10 + step.model.token_count(2)  # each sample: <image> (-> visual tokens) then 10 supervised text tokens
+    k = chunks or memory.REPORT_CHUNKS
+    assert (got["batch"], got["tokens"], got["vocab"], got["supervised"], got["chunks"]) == (3, T, V, 30, k)
+    assert got["configured"] == bool(chunks)
+    assert got["plain_bytes"] == 3 * T * V * 4 and got["chunked_bytes"] == -(-30 // k) * V * 4
+    assert got["avoided_bytes"] == got["plain_bytes"] - got["chunked_bytes"] > 0

@@ -75,6 +75,24 @@ def test_collate_gives_the_batch_contract(tiny_cfg, tokenizer, demo):
     assert batch["ids"] == [one.id, "text", "pair"]
 
 
+@pytest.mark.parametrize("recon", ["pixels", "latent"])
+def test_collate_of_text_only_samples_gives_empty_image_tensors(tiny_cfg, tokenizer, recon):
+    """A micro-batch of text-only samples: zero images with the trailing shapes the model expects
+    (the model then runs its image path on a blank image, so ZeRO-3 ranks stay in step)."""
+    latent = np.zeros((16, 4, 4), dtype=np.float32)
+    labels = {"any": {"latent": latent.tobytes(), "latent_shape": list(latent.shape)}} if recon == "latent" else None
+    builder = SampleBuilder(tokenizer, _data(tiny_cfg, "", ""), geometry_from_config(tiny_cfg), labels=labels,
+                            decode=tiny_cfg.label.decode, recon=recon)
+    records = [Record(f"text-{i}", [], [Turn("user", "Say hi."), Turn("assistant", "hi " * i)]) for i in (1, 3)]
+    batch = Collator(tokenizer.pad_token_id)([builder.build(r, "") for r in records])
+    assert batch["image_counts"].tolist() == [0, 0]
+    assert batch["pixel_lo"].shape == (0, 3, 32, 32) and batch["pixel_hi"].shape == (0, 1, 3, 32, 32)
+    assert batch["tile_mask"].shape == (0, 1) and batch["tile_mask"].dtype == torch.bool
+    key, shape = ("recon_latent", (0, 16, 4, 4)) if recon == "latent" else ("recon_pixels", (0, 3, 32, 32))
+    assert batch[key].shape == shape and ({"recon_latent", "recon_pixels"} - {key}).isdisjoint(batch)
+    assert (batch["labels"] != -100).any(dim=1).all()
+
+
 def _label_output(cfg, records_file: str, image_root: str, output: str) -> None:
     """A labeling output written with the labeling job's own shard code (no Ray needed for it)."""
     records, _ = load_records(records_file)

@@ -7,6 +7,9 @@ before the step, ``max_memory_allocated`` after a ``reset_peak_memory_stats``. R
 the peak the variant needs when it is alone on the GPU (the allocator's cached, unused blocks are not
 counted). A CPU has no such counter; there only the process's peak resident set is reported, which
 covers everything the process ever held, both variants and their building included.
+
+``lm_logits`` computes, on any device, the largest LM-logits tensor of a step: the plain head's fp32
+(B, T, V) against the largest piece of the chunked loss (``model.llm.loss_chunks``), and the difference.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import torch
 
 from vlsa.bench.device import synchronize
 from vlsa.bench.loop import TrainStep
+from vlsa.model.splice import IGNORE
 
 GIB = 2**30
+REPORT_CHUNKS = 8
+"""Chunks the report assumes when the preset uses the plain head (``model.llm.loss_chunks=0``)."""
 
 
 def reset_peak(device: torch.device) -> None:
@@ -80,3 +86,23 @@ def variant_memory(step: TrainStep, device: torch.device) -> dict[str, float | N
     resident, added = resident_bytes(step), step_increase(step, device)
     return {"resident_gib": resident / GIB, "step_gib": None if added is None else added / GIB,
             "peak_gib": None if added is None else (resident + added) / GIB}
+
+
+def lm_logits(step: TrainStep) -> dict[str, int | bool]:
+    """Bytes of the largest fp32 LM-logits tensor of one step, plain head vs chunked loss (computed, not measured).
+
+    The plain loss upcasts (B, T, V) logits over every position of the spliced sequence; the chunked
+    one holds (ceil(n / chunks), V) for the n supervised positions. ``chunks`` is the config's, or
+    ``REPORT_CHUNKS`` when the config uses the plain head (``configured`` False).
+    """
+    model, batch = step.model, step.batch
+    keys = ("input_ids", "attention_mask", "image_counts", "pixel_lo", "pixel_hi", "tile_mask", "labels", "ssft_mask")
+    with torch.no_grad():
+        spliced, _ = model.prepare_inputs(*(batch[k] for k in keys))
+    (B, T), V = spliced.labels.shape, model.language_model.get_output_embeddings().weight.shape[0]
+    n = int((spliced.labels[:, 1:] != IGNORE).sum())
+    chunks = model.config.model.llm.loss_chunks or REPORT_CHUNKS
+    plain, piece = B * T * V * 4, -(-n // chunks) * V * 4
+    return {"batch": B, "tokens": T, "vocab": V, "supervised": n, "chunks": chunks,
+            "configured": bool(model.config.model.llm.loss_chunks), "plain_bytes": plain,
+            "chunked_bytes": piece, "avoided_bytes": plain - piece}

@@ -5,7 +5,9 @@ see the same background load. The measured ratio is the median of the per-pair w
 (``cpu_ratio``: the same from process CPU seconds); the FLOP-predicted ratio from
 ``vlsa.bench.flops`` is printed beside it. Memory (``vlsa.bench.memory``): the process peak (CUDA:
 over the warm-up and timed steps; CPU: peak resident set since the process started), then per
-variant what it keeps between steps and, on CUDA, what one more untimed step adds.
+variant what it keeps between steps and, on CUDA, what one more untimed step adds; and, computed, the
+largest LM-logits tensor the chunked loss avoids (on CUDA the measured step peak of each
+``model.llm.loss_chunks`` setting shows it too: run once with ``--set model.llm.loss_chunks=0``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
         "flops": {name: c.total for name, c in counts.items()},
         "visual_tokens": {name: steps[name].model.token_count(cfg.bench.tiles) for name in steps},
         "memory": {name: memory.variant_memory(step, device) for name, step in steps.items()},
+        "lm_logits": {name: memory.lm_logits(step) for name, step in steps.items()},
         "process_peak_gib": process_peak, "process_peak_source": peak_source,
     }
     return Report("step", metrics, settings(cfg, device, dtype), describe(device), _lines(metrics, counts))
@@ -82,10 +85,27 @@ def _lines(metrics: dict, counts: dict) -> list[str]:
               (f"process peak memory        {_gib(metrics['process_peak_gib'])} "
                f"({metrics['process_peak_source']}; both variants resident)"),
               ("memory: resident = parameters, buffers, optimizer states and batch; step adds = peak allocated "
-               "by one more untimed step (CUDA only); peak alone = their sum"), ""]
+               "by one more untimed step (CUDA only); peak alone = their sum"),
+              *_logits_lines(metrics["lm_logits"]), ""]
     for name, c in counts.items():
         lines += [f"[{name}]", c.formula()]
     return lines
+
+
+def _logits_lines(logits: dict) -> list[str]:
+    """The largest fp32 LM-logits tensor per variant: plain head vs chunked loss (computed)."""
+    lines = []
+    for name, x in logits.items():
+        how = "in use" if x["configured"] else "not in use: set model.llm.loss_chunks"
+        shape = f"B={x['batch']}, T={x['tokens']}, V={x['vocab']}, {x['supervised']} supervised"
+        lines.append(f"LM logits [{name}] ({shape}): plain head {_mib(x['plain_bytes'])} fp32, chunked loss "
+                     f"({x['chunks']} chunks, {how}) {_mib(x['chunked_bytes'])}: {_mib(x['avoided_bytes'])} avoided "
+                     "(computed)")
+    return lines
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.2f} MiB"
 
 
 def _gib(value: float | None) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vlsa.config import ComponentConfig, Config
+from vlsa.config import ComponentConfig, Config, ConfigError
 from vlsa.io import storage
 from vlsa.model.epigone import Epigone
 from vlsa.model.geometry import component_config, num_patches
@@ -30,21 +30,43 @@ from vlsa.model.ross import RossHead
 from vlsa.model.tokenizer import build_tokenizer
 from vlsa.model.vlm import VLSAModel
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-def load_component(part: ComponentConfig, cls: type, *, name: str, cache_dir: str, seed: int) -> Any:
-    """An instance of ``cls`` loaded with ``from_pretrained`` from ``part.path`` or a saved tiny build.
+
+def load_component(part: ComponentConfig, cls: type, *, name: str, cache_dir: str, seed: int,
+                   attn_implementation: str = "") -> Any:
+    """An instance of ``cls`` loaded with ``from_pretrained`` from ``part.path`` or a saved tiny build,
+    in ``part.dtype`` (and with ``attn_implementation``, for transformers classes, when given).
 
     ``cls`` is a transformers model class (an ``Auto*`` class too) or a diffusers ``ModelMixin``.
     """
+    kwargs = _load_kwargs(cls, part.dtype, attn_implementation)
     if part.path:
-        return _from_pretrained(cls, str(storage.local_copy(part.path, cache_dir)), part.subfolder)
+        return _from_pretrained(cls, str(storage.local_copy(part.path, cache_dir)), part.subfolder, kwargs)
     if not part.init:
         raise ValueError(f"model part {name!r} has neither a `path` nor an `init` config")
-    return _from_pretrained(cls, str(_tiny_dir(part.init, cls, name=name, cache_dir=cache_dir, seed=seed)), "")
+    return _from_pretrained(cls, str(_tiny_dir(part.init, cls, name=name, cache_dir=cache_dir, seed=seed)), "", kwargs)
 
 
-def _from_pretrained(cls: type, source: str, subfolder: str) -> Any:
-    kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
+def _load_kwargs(cls: type, dtype: str, attn_implementation: str) -> dict[str, Any]:
+    """``from_pretrained`` keywords of the memory controls (``model.*.dtype``, ``model.attn_implementation``)."""
+    diffusers = hasattr(cls, "register_to_config")
+    kwargs: dict[str, Any] = {"torch_dtype" if diffusers else "dtype": DTYPES[dtype]}
+    if attn_implementation and not diffusers:
+        check_attention(attn_implementation)
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+def check_attention(attn_implementation: str) -> None:
+    """``flash_attention_2`` needs the flash_attn package: say so before any weights load."""
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs the `flash_attn` package "
+                          "(pip install flash-attn), which is not installed here; use sdpa")
+
+
+def _from_pretrained(cls: type, source: str, subfolder: str, kwargs: dict[str, Any]) -> Any:
+    kwargs = dict(kwargs, subfolder=subfolder) if subfolder else dict(kwargs)
     if hasattr(cls, "register_to_config") and importlib.util.find_spec("accelerate") is None:
         kwargs["low_cpu_mem_usage"] = False  # diffusers' faster default needs the optional accelerate
     return cls.from_pretrained(source, **kwargs)
@@ -134,7 +156,8 @@ def build_vision(cfg: Config):
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     cls = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[cfg.model.vision.kind]
-    return load_component(cfg.model.vision, cls, name="vision", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed)
+    return load_component(cfg.model.vision, cls, name="vision", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed,
+                          attn_implementation=cfg.model.attn_implementation)
 
 
 def build_llm(cfg: Config):
@@ -142,7 +165,8 @@ def build_llm(cfg: Config):
     from transformers import AutoModelForCausalLM
 
     part = cfg.model.llm
-    return load_component(part, AutoModelForCausalLM, name="llm", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed)
+    return load_component(part, AutoModelForCausalLM, name="llm", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed,
+                          attn_implementation=cfg.model.attn_implementation)
 
 
 def build_denoiser(cfg: Config):

@@ -8,6 +8,9 @@ set with ``set_loss_weights(w_lm, w_rec, pretraining)`` (``vlsa.model.params.app
 together with the freezing); the weights default to 1 and ``pretraining`` to True. ``pretraining``
 only matters for VDEP, which the paper applies in pre-training on doubled data: each sample once in
 VDEP mode (image loss only) and once in plain mode (text loss), marked per sample by ``vdep_mode``.
+A batch without any image still runs the vision tower, projector and reconstruction head, on one blank
+image whose losses are zero (``blank_image``): under ZeRO-3 every rank must run the same modules on
+every step. A batch mixing image and text-only samples needs no blank: its images run the same modules.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlsa import tokens
 from vlsa.config import ModelConfig
 from vlsa.model.geometry import num_patches
+from vlsa.model.lm_loss import chunked_lm_losses, lm_losses
 from vlsa.model.projectors import ProjectorOutput
 from vlsa.model.splice import Spliced, check_image_counts, splice_visual_tokens
 from vlsa.model.vdep import vdep_loss
@@ -34,7 +37,8 @@ BATCH_TENSORS = {
 
 @dataclass
 class VLSAOutput:
-    """Losses (scalars; None when a part is off or has nothing to score) and the LLM logits (B, T, V)."""
+    """Losses (scalars; None when a part is off or has nothing to score) and the LLM logits (B, T, V)
+    (None when the LM loss is chunked: ``model.llm.loss_chunks``)."""
 
     loss: torch.Tensor | None
     loss_lm: torch.Tensor | None
@@ -42,7 +46,7 @@ class VLSAOutput:
     loss_vdep: torch.Tensor | None
     loss_lm_sft: torch.Tensor | None
     loss_lm_ssft: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 class VLSAModel(nn.Module):
@@ -168,23 +172,72 @@ class VLSAModel(nn.Module):
         unknown = sorted(k for k, v in extra.items() if isinstance(v, torch.Tensor))
         if unknown:
             raise TypeError(f"unexpected batch tensors {unknown}; known: {sorted(BATCH_TENSORS)}")
+        # A text-only batch still runs the image path, on a blank image (see blank_image); before the
+        # LLM's embeddings, so that the modules run in the same order as for a batch with images.
+        blank = pixel_lo is None or pixel_lo.shape[0] == 0
+        blank_proj = self.encode_images(*self.blank_image(input_ids.device)) if blank else None
         spliced, proj = self.prepare_inputs(input_ids, attention_mask, image_counts, pixel_lo, pixel_hi,
                                             tile_mask, labels, ssft_mask, image_sizes=image_sizes)
-        vdep_on, cond_hidden = self._vdep_active() and proj is not None, self._conditions_on_llm()
+        proj = blank_proj if blank else proj
+        vdep_on, cond_hidden = self._vdep_active() and not blank, self._conditions_on_llm()
         vdep_samples = self._vdep_samples(vdep_mode, input_ids.shape[0], input_ids.device) if vdep_on else None
         lm_labels = spliced.labels
         if lm_labels is not None and vdep_on and self._splits_batch():
             lm_labels = lm_labels.masked_fill(vdep_samples[:, None], tokens.IGNORE_INDEX)  # VDEP mode: image loss only
-        out = self.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                  output_hidden_states=vdep_on or cond_hidden, use_cache=False)
-        loss_lm, loss_sft, loss_ssft = lm_losses(out.logits, lm_labels, spliced.ssft_mask)
+        out, logits, (loss_lm, loss_sft, loss_ssft) = self._language_model(spliced, lm_labels, vdep_on or cond_hidden)
         loss_vdep = None
         if vdep_on:
             loss_vdep = vdep_loss(out.hidden_states[-1], spliced.inputs_embeds, spliced.image_index,
                                   autoregressive=self.config.vdep.autoregressive, sample_mask=vdep_samples)
-        loss_rec = self._recon_loss(proj, spliced, out, recon_pixels, recon_latent)
+        loss_rec = None if blank else self._recon_loss(proj, spliced, out, recon_pixels, recon_latent)
         total = self._total(loss_lm, loss_rec, loss_vdep)
-        return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, out.logits)
+        if blank and total is not None:
+            total = total + self._blank_term(proj, from_pixels=recon_pixels is not None)
+        return VLSAOutput(total, loss_lm, loss_rec, loss_vdep, loss_sft, loss_ssft, logits)
+
+    def _language_model(self, spliced: Spliced, labels, hidden_states: bool):
+        """(LLM output, logits, LM losses). With ``model.llm.loss_chunks`` the LLM's decoder runs without its head and
+        the loss is chunked (no logits in the output); else the full head makes (B, T, V) logits."""
+        chunks = self.config.llm.loss_chunks
+        chunked = chunks > 0 and labels is not None
+        llm = self.language_model.base_model if chunked else self.language_model
+        out = llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                  output_hidden_states=hidden_states, use_cache=False)
+        if chunked:
+            head = self.language_model.get_output_embeddings()
+            return out, None, chunked_lm_losses(out.last_hidden_state, head, labels, spliced.ssft_mask, chunks)
+        return out, out.logits, lm_losses(out.logits, labels, spliced.ssft_mask)
+
+    def blank_image(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One all-zero image (pixel_lo (1, 3, h, w), pixel_hi (1, m, 3, h, w), tile_mask (1, m), image_sizes (1, 2)):
+        one tile, or for ``anyres`` an image filling its first grid of m tiles.
+
+        Under ZeRO-3 a module's parameters are gathered by a collective when it runs, so every rank
+        must run the same modules on every step: a micro-batch without any image runs the vision
+        tower, projector, Epigone and denoiser on this blank image (LLaVA feeds a zero image for the
+        same reason), and ``_blank_term`` keeps its contribution to every loss exactly zero.
+        """
+        channels, side = self.vision_tower.config.num_channels, self.image_size
+        rows, cols = self.config.encoding.anyres_grids[0] if self.config.projector.type == "anyres" else (1, 1)
+        pixel_lo = torch.zeros(1, channels, side, side, device=device)
+        pixel_hi = torch.zeros(1, rows * cols, channels, side, side, device=device)
+        sizes = torch.tensor([[rows * side, cols * side]], device=device)
+        return pixel_lo, pixel_hi, torch.ones(1, rows * cols, dtype=torch.bool, device=device), sizes
+
+    def _blank_term(self, proj: ProjectorOutput, from_pixels: bool) -> torch.Tensor:
+        """0 x (the blank image's reconstruction loss + its projector outputs): exactly zero in value and in
+        gradient, yet every parameter of the image path is in the graph, as on a rank with images. The target
+        comes the way the batch's would (``from_pixels``: through the VAE), so even the VAE runs as there."""
+        term = sum(t.float().sum() for t in proj.tokens) + proj.cue.float().sum() + proj.pooled.float().sum()
+        if self.recon_head is not None:
+            head = self.recon_head
+            if from_pixels:
+                target = {"pixels": proj.cue.new_zeros(1, 3, head.image_size, head.image_size, dtype=torch.float32)}
+            else:
+                side = head.latent_size
+                target = {"latent": proj.cue.new_zeros(1, head.latent_channels, side, side, dtype=torch.float32)}
+            term = term + head(proj.cue, proj.pooled, **target)  # the projector's cue in both conditionings
+        return 0.0 * term
 
     def _conditions_on_llm(self) -> bool:
         return self.recon_head is not None and self.config.recon.conditioning == "llm_hidden"
@@ -269,19 +322,6 @@ class VLSAModel(nn.Module):
                                       output_hidden_states=True, use_cache=False)
             cue, pooled = hidden_cue(out.hidden_states[-1], spliced.spans, proj.cue.shape[1])
         return self.recon_head.sample(cue, pooled, steps=steps, generator=generator)
-
-
-def lm_losses(logits, labels, ssft_mask):
-    """(L over all label positions, L over SFT positions, L over SSFT positions); parts None when empty."""
-    if labels is None:
-        return None, None, None
-    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=tokens.IGNORE_INDEX,
-                                reduction="none")  # (B, T-1)
-    valid = labels[:, 1:] != tokens.IGNORE_INDEX
-    ssft = ssft_mask[:, 1:] & valid if ssft_mask is not None else torch.zeros_like(valid)
-    loss = per_token[valid].mean() if valid.any() else logits.sum() * 0.0  # keeps the graph for empty batches
-    sft = per_token[valid & ~ssft].mean() if (valid & ~ssft).any() else None
-    return loss, sft, per_token[ssft].mean() if ssft.any() else None
 
 
 def hidden_cue(hidden: torch.Tensor, spans, length: int) -> tuple[torch.Tensor, torch.Tensor]:

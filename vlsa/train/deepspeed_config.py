@@ -4,8 +4,8 @@ Everything DeepSpeed needs is derived here from ``Config`` and the stage, so a r
 its YAML alone and the dict is unit-tested (no JSON full of ``"auto"``). The optimizer is not part
 of it: the training loop passes a ``torch.optim.AdamW`` to ``deepspeed.initialize``, which works on
 CPU and GPU alike without building DeepSpeed's fused ops. Activation checkpointing is applied to
-the Hugging Face modules themselves (``gradient_checkpointing_enable``), so it is a flag here that
-the loop reads, not a DeepSpeed section.
+the Hugging Face modules themselves (``activation_checkpointing_enable``), per stage and part, so it is
+a setting the loop reads, not a DeepSpeed section.
 """
 
 from __future__ import annotations

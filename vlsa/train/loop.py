@@ -32,7 +32,7 @@ from vlsa.model.reconstruction import decode_latent
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
 from vlsa.train.data import build_stage_data, take
-from vlsa.train.deepspeed_config import deepspeed_config
+from vlsa.train.deepspeed_config import deepspeed_config, use_bf16
 from vlsa.train.deepspeed_cpu import import_deepspeed
 from vlsa.train.schedule import build_scheduler
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
@@ -131,11 +131,13 @@ def seed_everything(seed: int, stage_index: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
-def enable_activation_checkpointing(model) -> None:
-    """Recompute LLM, vision-tower and denoiser activations in the backward pass."""
-    model.language_model.gradient_checkpointing_enable()
-    model.vision_tower.gradient_checkpointing_enable()
-    if model.recon_head is not None:
+def enable_activation_checkpointing(model, parts) -> None:
+    """Recompute the activations of ``parts`` (llm, vision, denoiser) in the backward pass (non-reentrant)."""
+    if "llm" in parts:
+        model.language_model.activation_checkpointing_enable()
+    if "vision" in parts:
+        model.vision_tower.activation_checkpointing_enable()
+    if "denoiser" in parts and model.recon_head is not None:
         model.recon_head.denoiser.enable_gradient_checkpointing()
 
 
@@ -181,8 +183,9 @@ def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, to
     if weights:
         model.load_state_dict(ckpt.load_weights(weights), strict=True)
     groups = apply_stage(model, stage)
-    if cfg.train.activation_checkpointing:
-        enable_activation_checkpointing(model)
+    enable_activation_checkpointing(model, stage.activation_checkpointing)
+    if not use_bf16(cfg, worker.device.type):
+        model.float()  # parts loaded in bf16 (model.*.dtype) train in fp32 here; bf16 engines cast it all themselves
     model.to(worker.device).train()  # from_pretrained parts come in eval mode
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups],
                                   weight_decay=stage.weight_decay)
