@@ -254,6 +254,8 @@ class DataConfig:
     """Folder or ``s3://`` prefix that image paths are relative to."""
     labels: str = ""
     """Labels written by ``ray_jobs/label.py``; empty: compute labels in-process (small runs)."""
+    label_cache: str = "~/.cache/vlsa/labels"
+    """Node-local scratch folder where label shards in S3 are copied once per node (empty: read S3 directly)."""
     template: str = "plain"
     """Chat template: plain (Stage I), vicuna_v1, llama3, chatml."""
     reject_threshold: float = 0.05
