@@ -403,15 +403,22 @@ class LabelConfig:
     num_actors: int = 0
     """Labeling actors (0: as many as the cluster's GPUs, or its CPUs minus those reading)."""
     gpus_per_actor: float = 1.0
-    """GPUs each actor reserves when GPUs exist."""
+    """GPUs each actor reserves (0: CPU actors); a cluster without that many GPUs is an error, not a CPU fallback."""
     rows_per_shard: int = 256
     """Rows of one output Parquet shard, also one actor call (its decoded images travel together: ~2 MB each at 672 px)."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16``: dtype of the VQ-VAE and VAE encoders (the codebook search stays fp32)."""
+    write_ahead: int = 1
+    """Shards an actor may hold waiting for their upload while it labels the next (0: write in line)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Safe-decoding limits."""
 
     def __post_init__(self) -> None:
         _check_positive("label.batch_size", self.batch_size)
         _check_positive("label.rows_per_shard", self.rows_per_shard)
+        _check_choice("label.precision", self.precision, ("fp32", "bf16"))
+        if self.write_ahead < 0:
+            raise ConfigError(f"label.write_ahead must be >= 0, got {self.write_ahead}")
         if self.num_actors < 0 or self.gpus_per_actor < 0:
             raise ConfigError(f"label.num_actors and label.gpus_per_actor must be >= 0, got {self.num_actors}, {self.gpus_per_actor}")
 

@@ -105,3 +105,59 @@ def test_vision_input_side_from_a_saved_vision_config(tmp_path, cache_dir):
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "clip_vision_model"}))
     with pytest.raises(ValueError, match="no `image_size`"):
         vision_input_side(label_config(cache_dir, f"model.vision.path={tmp_path / 'bad'}"))
+
+
+# ------------------------------------------------------------------------------------------ bf16
+
+BF16_VQ_AGREEMENT = 0.99
+"""Share of VQ positions whose index bf16 encoders must reproduce."""
+BF16_LATENT_REL_L2 = 0.03
+"""Bound on ||z_bf16 - z_fp32|| / ||z_fp32|| over the test images' latents."""
+BF16_LATENT_MAX_ABS = 0.25
+"""Bound on max |z_bf16 - z_fp32|, in units of the latents' standard deviation."""
+
+
+def _fitted_vq(cfg, images, folder):
+    """The tiny VQ-VAE with its codebook fitted to its encoder's latents (k-means, 20 rounds), saved.
+
+    A random-init codebook lies nearly equidistant from every latent (the gap between the nearest
+    and second-nearest code is ~0.3% of the distance), so any rounding flips codes; a trained
+    VQ-VAE's codes sit among its latents, which k-means reproduces.
+    """
+    from vlsa.model.builder import build_vq
+
+    vq = build_vq(cfg)
+    x = to_unit_range(np.stack([prepare(im, LabelGeometry.from_config(cfg)).vq_rgb for im in images]))
+    with torch.no_grad():
+        latents = vq.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, vq.config.vq_embed_dim)  # (N, D)
+        k = vq.config.num_vq_embeddings
+        centers = latents[torch.randperm(len(latents), generator=torch.Generator().manual_seed(0))[:k]].clone()
+        for _ in range(20):
+            assign = torch.cdist(latents, centers).argmin(dim=1)
+            for c in range(k):
+                if (assign == c).any():
+                    centers[c] = latents[assign == c].mean(dim=0)
+        vq.quantize.embedding.weight.copy_(centers)
+    vq.save_pretrained(folder)
+    return str(folder)
+
+
+def test_bf16_encoders_stay_within_the_stated_tolerance_of_fp32(cache_dir, frozen_models, tmp_path):
+    from label_helpers import good_images
+
+    from vlsa.bench.label import jpeg_images
+    from vlsa.data.image import decode_image
+    from vlsa.labels.compute import LabelComputer
+
+    decode = label_config(cache_dir).label.decode
+    images = [decode_image(b, decode) for b in [*good_images().values(), *jpeg_images(16, 48, 36)]]
+    cfg = label_config(cache_dir, f"model.vq.path={_fitted_vq(label_config(cache_dir), images, tmp_path / 'vq')}")
+    full = LabelComputer(cfg, device="cpu", precision="fp32").label(images)
+    half = LabelComputer(cfg, device="cpu", precision="bf16").label(images)
+    same = np.concatenate([(vq_array(a) == vq_array(b)).ravel() for a, b in zip(full, half)])
+    assert same.size >= 300 and same.mean() >= BF16_VQ_AGREEMENT, (same.mean(), same.size)
+    z32, z16 = (np.stack([latent_array(r) for r in rows]) for rows in (full, half))
+    assert z16.dtype == np.float32 and not np.array_equal(z16, z32)  # really computed in bf16
+    assert np.linalg.norm(z16 - z32) / np.linalg.norm(z32) <= BF16_LATENT_REL_L2
+    assert np.abs(z16 - z32).max() <= BF16_LATENT_MAX_ABS * z32.std()
+    assert [pixels_array(a).tobytes() for a in full] == [pixels_array(b).tobytes() for b in half]

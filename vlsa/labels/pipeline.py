@@ -50,20 +50,26 @@ def plan_pool(resources: dict[str, float], label: LabelConfig, pending: int) -> 
     """Size the actor pool to what fits next to the read tasks (never more than fit, or than shards).
 
     One CPU per actor and per read task; a 1-CPU cluster splits it in halves so both stages always
-    have room and the job cannot wait forever for resources. With GPUs, one actor per
-    ``gpus_per_actor`` GPUs, still keeping CPUs for reading.
+    have room and the job cannot wait forever for resources. With ``gpus_per_actor`` > 0, one actor
+    per ``gpus_per_actor`` GPUs, still keeping CPUs for reading; a cluster with fewer GPUs than one
+    actor asks for is an error (labeling 558K images on CPUs by accident would take days).
     """
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     if cpus <= 0:
         raise RuntimeError(f"the Ray cluster has no CPUs (resources: {resources})")
     unit = 1.0 if cpus >= 2 else cpus / 2
     fit = int((cpus - unit) // unit)  # CPUs left once one read task can run
-    use_gpu = label.gpus_per_actor > 0 and gpus >= label.gpus_per_actor
+    use_gpu = label.gpus_per_actor > 0
+    if use_gpu and gpus < label.gpus_per_actor:
+        raise RuntimeError(
+            f"label.gpus_per_actor={label.gpus_per_actor} but the Ray cluster has {gpus:g} GPUs "
+            f"(resources: {resources}); add GPU nodes, or set label.gpus_per_actor=0 to label on CPUs"
+        )
     if use_gpu:
         fit = min(fit, int(gpus // label.gpus_per_actor))
     wanted = label.num_actors or fit
     actors = max(1, min(wanted, fit, pending))
-    return PoolPlan(actors, unit, label.gpus_per_actor if use_gpu else 0.0, unit)
+    return PoolPlan(actors, unit, label.gpus_per_actor, unit)
 
 
 def shard_bytes(geometry: LabelGeometry, rows_per_shard: int) -> int:
@@ -140,6 +146,8 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
     _check_shard_size(geometry, cfg.label.rows_per_shard)
     spec = {"identity": label_identity(cfg), "items": len(items), "fingerprint": fingerprint(items),
             "rows_per_shard": cfg.label.rows_per_shard}
+    if cfg.label.precision != "fp32":  # one output never mixes precisions; fp32 outputs keep their old spec
+        spec["precision"] = cfg.label.precision
     ensure_spec(output, spec)
     done = completed_shards(output)
     pending = [k for k in range(len(shards)) if k not in done]
