@@ -232,3 +232,42 @@ def _download(filesystem, path: str, target: Path, chunk: int = 8 << 20) -> int:
             raise
     os.replace(tmp.name, target)
     return done
+
+
+_RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500"}
+_RETRYABLE_ARROW = ("NETWORK_CONNECTION", "SLOW_DOWN", "THROTTLING", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE",
+                    "REQUEST_TIMEOUT", "Connection reset", "Timeout")
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a retry may cure ``err``: dropped connections, timeouts, throttling, 5xx answers.
+
+    A missing object, a refused credential or a full local disk is not transient.
+    """
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    from botocore import exceptions as boto
+
+    if isinstance(err, (boto.ConnectionError, boto.HTTPClientError)):
+        return True
+    if isinstance(err, boto.ClientError):
+        response = err.response or {}
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or response.get("Error", {}).get("Code") in _RETRYABLE_CODES
+    # pyarrow reports S3 failures as OSError("... AWS Error NETWORK_CONNECTION ...")
+    return isinstance(err, OSError) and "AWS Error" in str(err) and any(m in str(err) for m in _RETRYABLE_ARROW)
+
+
+def retry(fn, attempts: int = 4, delay: float = 0.5):
+    """``fn()``, called again after a transient error (backoff ``delay`` x 1, 2, 4 ... seconds)."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as err:
+            if attempt == attempts or not transient(err):
+                raise
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

@@ -109,8 +109,12 @@ def _dataset(cfg: Config, shards: list[list[Item]], pending: list[int], image_ro
     ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=plan.read_cpus,
                         memory=read_memory(resources, geometry, cfg.label.rows_per_shard),
                         fn_kwargs={"root": image_root, "decode": cfg.label.decode, "geometry": geometry})
+    # 1 + write_ahead calls per actor: one labels while the others wait for their uploads (models serialised)
+    calls = 1 + cfg.label.write_ahead
+    pool = ray.data.ActorPoolStrategy(size=plan.actors, max_concurrent_calls_per_actor=calls,
+                                      enable_true_multi_threading=calls > 1)
     return ds.map_batches(
-        ShardLabeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        ShardLabeler, batch_size=1, compute=pool,
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
         fn_constructor_kwargs={"cfg": cfg.to_dict(), "output": output, "threads": int(plan.actor_cpus),
                                "device": "cuda" if plan.actor_gpus else "cpu"},
