@@ -90,6 +90,8 @@ def test_label(capsys, cache_dir):
     assert set(per) == {"decode", "prepare", "compute", "model", "total"}
     assert per["total"] == pytest.approx(per["decode"] + per["prepare"] + per["compute"])
     assert r["settings"]["images"] == 4
+    for mode in ("inline", "background"):
+        assert 0 < r["actor_busy_fraction"][mode] <= 1 and positive(r["actor_images_per_s"][mode])
 
 
 def test_latency(capsys, cache_dir, tmp_path):
