@@ -25,6 +25,7 @@ from vlsa.labels.shards import (
     write_manifest,
     write_table,
 )
+from vlsa.labels import store as store_module
 from vlsa.labels.store import LabelStore, load_labels
 
 pytestmark = pytest.mark.integration
@@ -58,8 +59,9 @@ def _object_size(uri: str) -> int:
     return filesystem.get_file_info(path).size
 
 
-def test_random_lookups_read_at_most_twice_the_row_size(s3_labels, label_cfg, tmp_path):
+def test_random_lookups_read_at_most_twice_the_row_size(s3_labels, label_cfg, tmp_path, monkeypatch):
     out, ids = s3_labels
+    monkeypatch.setattr(store_module, "OPEN_SHARDS", 2)  # reopening an evicted shard re-reads the node copy
     store = load_labels(out, label_cfg, scratch=str(tmp_path / "scratch"))
     order = random.Random(0).sample(ids, len(ids))
     for rid in order:
@@ -71,6 +73,7 @@ def test_random_lookups_read_at_most_twice_the_row_size(s3_labels, label_cfg, tm
     # every shard came down once: the downloads are the shard objects themselves
     shard_bytes = sum(_object_size(labels_uri(out, k)) for k in range(SHARDS))
     assert shard_bytes <= store.bytes_read <= 1.5 * shard_bytes
+    assert len(store._files) == 2
 
 
 def test_direct_reads_pull_whole_row_groups(s3_labels, label_cfg):

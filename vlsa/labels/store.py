@@ -34,6 +34,10 @@ def read_manifest(output: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(uri))
 
 
+OPEN_SHARDS = 16
+"""Shard files a store keeps open at once (least recently used closed first)."""
+
+
 class _CountedFile(io.RawIOBase):
     """A seekable binary file that adds every byte read to ``counter[0]`` (pyarrow reads through it)."""
 
@@ -92,7 +96,7 @@ class LabelStore(Mapping):
             rows += len(ids)
         self.row_bytes = stored / rows if rows else 0.0  # mean stored row: its column chunks, compressed
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
-        self._files: dict[int, pq.ParquetFile] = {}
+        self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
 
     @property
     def bytes_read(self) -> int:
@@ -126,14 +130,19 @@ class LabelStore(Mapping):
         return pq.ParquetFile(_CountedFile(raw, self._counter))
 
     def _file(self, shard: int) -> pq.ParquetFile:
-        if shard not in self._files:
-            uri = labels_uri(self.output, shard)
-            if self.scratch and storage.is_s3(uri):
-                path, downloaded = storage.node_copy(uri, self.scratch)
-                self._counter[0] += downloaded
-                self._files[shard] = pq.ParquetFile(path, memory_map=True)
-            else:
-                self._files[shard] = self._direct(shard)
+        """Shard ``shard`` opened for row-group reads; a few stay open (their footers parsed once)."""
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        uri = labels_uri(self.output, shard)
+        if self.scratch and storage.is_s3(uri):
+            path, downloaded = storage.node_copy(uri, self.scratch)
+            self._counter[0] += downloaded
+            self._files[shard] = pq.ParquetFile(path, memory_map=True)
+        else:
+            self._files[shard] = self._direct(shard)
+        if len(self._files) > OPEN_SHARDS:  # bounded: thousands of shards must not exhaust file descriptors
+            self._files.popitem(last=False)[1].close(force=True)
         return self._files[shard]
 
     def _group(self, shard: int, group: int) -> pa.Table:
@@ -148,7 +157,7 @@ class LabelStore(Mapping):
         return table
 
     def __getstate__(self) -> dict[str, Any]:  # data-loader workers get the index, not caches or open files
-        return {**self.__dict__, "_cache": OrderedDict(), "_files": {}, "_counter": [0], "rows_read": 0}
+        return {**self.__dict__, "_cache": OrderedDict(), "_files": OrderedDict(), "_counter": [0], "rows_read": 0}
 
 
 def load_labels(output: str, cfg: Config, scratch: str = "") -> LabelStore:
