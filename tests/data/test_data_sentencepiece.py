@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,6 +107,24 @@ def test_a_missing_conversion_package_is_an_error_naming_it(vicuna_dir, cache_di
             patch.setitem(sys.modules, module, None)  # as if not installed
             with pytest.raises(ImportError, match=f"needs the package '{package}'"):
                 build_tokenizer(TokenizerConfig(path=str(vicuna_dir)), cache_dir)
+
+
+@pytest.mark.parametrize(("module", "package"), [("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")])
+def test_a_failed_conversion_names_the_missing_package(vicuna_dir, cache_dir, module, package):
+    """As for a hub name, whose files only transformers sees: the folder check is skipped and the
+    conversion's own failure (about tiktoken) is reported as the missing package. In a fresh process,
+    so no earlier load has the conversion's modules imported already."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from vlsa.config import TokenizerConfig\n"
+        "from vlsa.model import tokenizer\n"
+        "tokenizer.check_conversion_packages = lambda source: None\n"
+        f"tokenizer.build_tokenizer(TokenizerConfig(path={str(vicuna_dir)!r}), {cache_dir!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(vlsa.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode != 0
+    assert f"ImportError: loading the tokenizer {vicuna_dir} needs the package(s) ['{package}']" in done.stderr
 
 
 def test_trains_a_step_with_the_sentencepiece_tokenizer(sp_cfg, demo):

@@ -60,7 +60,8 @@ SENTENCEPIECE_NEEDS = {"sentencepiece": "sentencepiece", "google.protobuf": "pro
 
 def check_conversion_packages(source: str) -> None:
     """``ImportError`` naming the package when ``source`` holds only a sentencepiece model and a
-    package its conversion needs is missing (a hub name or a folder with ``tokenizer.json`` needs none)."""
+    package its conversion needs is missing. A hub name cannot be looked into before it is fetched:
+    ``build_tokenizer`` names the missing package when transformers' conversion then fails."""
     folder = Path(source).expanduser()
     if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
         return
@@ -104,7 +105,13 @@ def build_tokenizer(cfg: TokenizerConfig, cache_dir: str, vq_codes: int = 0):
 
     source = tokenizer_source(cfg, cache_dir)
     check_conversion_packages(source)
-    tok = AutoTokenizer.from_pretrained(source, use_fast=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except ValueError as err:  # a hub name is only seen once downloaded: name the package there too
+        missing = [package for module, package in SENTENCEPIECE_NEEDS.items() if _missing(module)]
+        if "tiktoken" in str(err) and missing:
+            raise ImportError(f"loading the tokenizer {source} needs the package(s) {missing}: {err}") from err
+        raise
     extra = list(tokens.SPECIAL_TOKENS) + [tokens.vq_code_token(i) for i in range(vq_codes)]
     tok.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
     if tok.pad_token is None:  # LLaMA-3 and Vicuna ship without one; padding is masked anyway
