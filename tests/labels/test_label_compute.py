@@ -110,11 +110,14 @@ def test_vision_input_side_from_a_saved_vision_config(tmp_path, cache_dir):
 # ------------------------------------------------------------------------------------------ bf16
 
 BF16_VQ_AGREEMENT = 0.99
-"""Share of VQ positions whose index bf16 encoders must reproduce."""
+"""Share of VQ positions whose index the labels must keep when the VAE runs in bf16 (the VQ-VAE in fp32)."""
+BF16_VQ_ENCODER_AGREEMENT = 0.97
+"""The same with the VQ-VAE encoder in bf16 too (``label.vq_precision=bf16``): measured 98.4-99.1% here,
+depending on the images and thread count, below the 99% bound; that is why it is not the default."""
 BF16_LATENT_REL_L2 = 0.03
-"""Bound on ||z_bf16 - z_fp32|| / ||z_fp32|| over the test images' latents."""
+"""Bound on ||z_bf16 - z_fp32|| / ||z_fp32|| over the test images' VAE latents (measured 1.8%)."""
 BF16_LATENT_MAX_ABS = 0.25
-"""Bound on max |z_bf16 - z_fp32|, in units of the latents' standard deviation."""
+"""Bound on max |z_bf16 - z_fp32|, in units of the latents' standard deviation (measured 0.12)."""
 
 
 def _fitted_vq(cfg, images, folder):
@@ -142,7 +145,9 @@ def _fitted_vq(cfg, images, folder):
     return str(folder)
 
 
-def test_bf16_encoders_stay_within_the_stated_tolerance_of_fp32(cache_dir, frozen_models, tmp_path):
+@pytest.fixture(scope="module")
+def bf16_case(cache_dir, frozen_models, tmp_path_factory):
+    """(config with a fitted VQ-VAE, test images, fp32 label rows)."""
     from label_helpers import good_images
 
     from vlsa.bench.label import jpeg_images
@@ -151,13 +156,33 @@ def test_bf16_encoders_stay_within_the_stated_tolerance_of_fp32(cache_dir, froze
 
     decode = label_config(cache_dir).label.decode
     images = [decode_image(b, decode) for b in [*good_images().values(), *jpeg_images(16, 48, 36)]]
-    cfg = label_config(cache_dir, f"model.vq.path={_fitted_vq(label_config(cache_dir), images, tmp_path / 'vq')}")
-    full = LabelComputer(cfg, device="cpu", precision="fp32").label(images)
-    half = LabelComputer(cfg, device="cpu", precision="bf16").label(images)
-    same = np.concatenate([(vq_array(a) == vq_array(b)).ravel() for a, b in zip(full, half)])
+    folder = _fitted_vq(label_config(cache_dir), images, tmp_path_factory.mktemp("fitted") / "vq")
+    cfg = label_config(cache_dir, f"model.vq.path={folder}")
+    return cfg, images, LabelComputer(cfg, device="cpu", precision="fp32").label(images)
+
+
+def _vq_agreement(full, half) -> np.ndarray:
+    return np.concatenate([(vq_array(a) == vq_array(b)).ravel() for a, b in zip(full, half)])
+
+
+def test_bf16_vae_stays_within_the_stated_tolerance_of_fp32(bf16_case):
+    from vlsa.labels.compute import LabelComputer
+
+    cfg, images, full = bf16_case
+    half = LabelComputer(cfg, device="cpu", precision="bf16").label(images)  # label.precision=bf16
+    same = _vq_agreement(full, half)
     assert same.size >= 300 and same.mean() >= BF16_VQ_AGREEMENT, (same.mean(), same.size)
     z32, z16 = (np.stack([latent_array(r) for r in rows]) for rows in (full, half))
     assert z16.dtype == np.float32 and not np.array_equal(z16, z32)  # really computed in bf16
     assert np.linalg.norm(z16 - z32) / np.linalg.norm(z32) <= BF16_LATENT_REL_L2
     assert np.abs(z16 - z32).max() <= BF16_LATENT_MAX_ABS * z32.std()
     assert [pixels_array(a).tobytes() for a in full] == [pixels_array(b).tobytes() for b in half]
+
+
+def test_bf16_vq_encoder_agreement_is_bounded(bf16_case):
+    from vlsa.labels.compute import LabelComputer
+
+    cfg, images, full = bf16_case
+    half = LabelComputer(cfg, device="cpu", precision="fp32", vq_precision="bf16").label(images)
+    same = _vq_agreement(full, half)
+    assert BF16_VQ_ENCODER_AGREEMENT <= same.mean() < 1.0, same.mean()  # < 1: the encoder really ran in bf16

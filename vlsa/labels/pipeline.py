@@ -150,8 +150,9 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
     _check_shard_size(geometry, cfg.label.rows_per_shard)
     spec = {"identity": label_identity(cfg), "items": len(items), "fingerprint": fingerprint(items),
             "rows_per_shard": cfg.label.rows_per_shard}
-    if cfg.label.precision != "fp32":  # one output never mixes precisions; fp32 outputs keep their old spec
-        spec["precision"] = cfg.label.precision
+    precision = {"vae": cfg.label.precision, "vq": cfg.label.vq_precision}
+    if set(precision.values()) != {"fp32"}:  # one output never mixes precisions; fp32 outputs keep their old spec
+        spec["precision"] = precision
     ensure_spec(output, spec)
     done = completed_shards(output)
     pending = [k for k in range(len(shards)) if k not in done]
