@@ -332,6 +332,8 @@ class DataConfig:
     """Folder or ``s3://`` prefix that image paths are relative to."""
     labels: str = ""
     """Labels written by ``ray_jobs/label.py``; empty: compute labels in-process (small runs)."""
+    label_cache: str = "~/.cache/vlsa/labels"
+    """Node-local scratch folder where label shards in S3 are copied once per node (empty: read S3 directly)."""
     template: str = "plain"
     """Chat template: plain (Stage I), vicuna_v1, llama3, chatml."""
     reject_threshold: float = 0.05
@@ -482,15 +484,25 @@ class LabelConfig:
     num_actors: int = 0
     """Labeling actors (0: as many as the cluster's GPUs, or its CPUs minus those reading)."""
     gpus_per_actor: float = 1.0
-    """GPUs each actor reserves when GPUs exist."""
+    """GPUs each actor reserves (0: CPU actors); a cluster without that many GPUs is an error, not a CPU fallback."""
     rows_per_shard: int = 256
     """Rows of one output Parquet shard, also one actor call (its decoded images travel together: ~2 MB each at 672 px)."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16``: dtype of the VAE encoder (latents within 3% relative L2 of fp32 on the test images)."""
+    vq_precision: str = "fp32"
+    """``fp32`` or ``bf16``: dtype of the VQ-VAE encoder; bf16 flips near-tied codes (~1-2% of positions measured)."""
+    write_ahead: int = 1
+    """Shards an actor may hold waiting for their upload while it labels the next (0: write in line)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Safe-decoding limits."""
 
     def __post_init__(self) -> None:
         _check_positive("label.batch_size", self.batch_size)
         _check_positive("label.rows_per_shard", self.rows_per_shard)
+        _check_choice("label.precision", self.precision, ("fp32", "bf16"))
+        _check_choice("label.vq_precision", self.vq_precision, ("fp32", "bf16"))
+        if self.write_ahead < 0:
+            raise ConfigError(f"label.write_ahead must be >= 0, got {self.write_ahead}")
         if self.num_actors < 0 or self.gpus_per_actor < 0:
             raise ConfigError(f"label.num_actors and label.gpus_per_actor must be >= 0, got {self.num_actors}, {self.gpus_per_actor}")
 

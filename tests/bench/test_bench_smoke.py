@@ -95,6 +95,16 @@ def test_label(capsys, cache_dir):
     assert set(per) == {"decode", "prepare", "compute", "model", "total"}
     assert per["total"] == pytest.approx(per["decode"] + per["prepare"] + per["compute"])
     assert r["settings"]["images"] == 4
+    for mode in ("inline", "background"):
+        assert 0 < r["actor_busy_fraction"][mode] <= 1 and positive(r["actor_images_per_s"][mode])
+
+
+def test_label_row(capsys, cache_dir):
+    r = bench_json(capsys, "label-row", cache_dir)
+    assert r["row_bytes_with_pixels"] > r["row_bytes_without_pixels"] > 0
+    assert 0 < r["pixels_share"] < 1 and positive(r["recompute_ms_per_image"]) and positive(r["decode_ms_per_image"])
+    assert r["recomputed_equal_stored"] is True
+    assert r["settings"]["pixels"] == [32, 32, 3] and r["settings"]["latent"] == [16, 8, 8]  # the tiny VAE halves twice
 
 
 def test_latency(capsys, cache_dir, tmp_path):

@@ -109,3 +109,48 @@ def test_misaligned_records_are_counted_and_stop_the_run_past_the_threshold(tiny
     data.reject_threshold = 0.1
     with pytest.raises(TooManyRejected, match="label_mismatch"):
         build_dataset(tiny_cfg, data, glued)
+
+
+# ------------------------------------------------------------------ LLaVA's image-first normalisation
+
+QUESTION_FIRST = [Turn("user", "What is in the picture? <image>"), Turn("assistant", "A cat.")]
+
+
+def test_vicuna_moves_the_image_to_the_front_as_llava_does(tokenizer):
+    template = build_template("vicuna_v1", tokenizer)
+    system = (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    )
+    assert template.render(QUESTION_FIRST).text == (
+        f"<s>{system} USER: <image>\nWhat is in the picture? ASSISTANT: A cat.</s>"
+    )
+    # LLaVA-1.5 normalises every turn holding the image, also one that starts with it without a newline
+    glued = [Turn("user", "<image>Describe it.  "), Turn("assistant", "A cat.")]
+    assert template.render(glued).text == f"<s>{system} USER: <image>\nDescribe it. ASSISTANT: A cat.</s>"
+    assert template.prompt(QUESTION_FIRST[:1]) == f"<s>{system} USER: <image>\nWhat is in the picture? ASSISTANT:"
+
+
+def test_plain_renders_image_then_caption_whatever_the_question_order(tokenizer):
+    template = build_template("plain", tokenizer)
+    assert template.render(QUESTION_FIRST).text == "<s><image>A cat.\n"
+    assert template.prompt(QUESTION_FIRST[:1]) == "<s><image>"
+
+
+@pytest.mark.parametrize("name", ["llama3", "chatml"])
+def test_jinja_templates_keep_the_image_first(name, tokenizer):
+    template = build_template(name, tokenizer)
+    text = template.render(QUESTION_FIRST).text
+    assert "<image>\nWhat is in the picture?" in text and "picture? <image>" not in text
+    # as LLaVA-NeXT: a turn already starting with the image is left as written
+    assert "<image>Describe it." in template.render([Turn("user", "<image>Describe it."), Turn("assistant", "A.")]).text
+
+
+def test_turns_with_several_images_keep_their_places(tokenizer):
+    turns = [Turn("user", "Compare <image> and <image>."), Turn("assistant", "Same.")]
+    assert "USER: Compare <image> and <image>. ASSISTANT:" in build_template("vicuna_v1", tokenizer).render(turns).text
+
+
+def test_image_first_keeps_the_supervised_spans(tokenizer):
+    encoded = encode(build_template("vicuna_v1", tokenizer).render(QUESTION_FIRST), tokenizer, "r")
+    assert supervised_runs(encoded, tokenizer) == [" A cat.</s>"]

@@ -129,7 +129,7 @@ def test_progress_lines_and_summary(s3_run, corpus):
     assert all("images/s in shard" in line for line in shard_lines)
     assert any(line.startswith("labeled 7 images, rejected 6") for line in lines)
     assert (summary["labeled"], summary["rejected"], summary["shards_run"], summary["shards_skipped"]) == (7, 6, 4, 0)
-    assert summary["images_per_s"] > 0 and 0 < summary["busy_fraction"] <= 1
+    assert summary["images_per_s"] > 0 and 0 < summary["busy_fraction"] <= 1 and summary["write_seconds"] > 0
     assert summary["actors"] == 1 and summary["device"] == "cpu"
     assert summary["rejects_by_reason"] == dict(sorted(Counter(_expected(corpus)[1].values()).items()))
     assert summary["invalid_records"] == {}

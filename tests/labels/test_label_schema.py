@@ -78,15 +78,22 @@ def test_shards_are_fixed_slices_and_multi_image_records_get_indexed_ids():
         ({"CPU": 4}, ["label.num_actors=9"], 10, PoolPlan(3, 1.0, 0.0, 1.0)),  # never more than fit
         ({"CPU": 8}, ["label.num_actors=2"], 10, PoolPlan(2, 1.0, 0.0, 1.0)),
         ({"CPU": 8}, [], 2, PoolPlan(2, 1.0, 0.0, 1.0)),  # never more than shards
-        ({"CPU": 16, "GPU": 4}, [], 10, PoolPlan(4, 1.0, 1.0, 1.0)),  # one per GPU
+        ({"CPU": 16, "GPU": 4}, ["label.gpus_per_actor=1"], 10, PoolPlan(4, 1.0, 1.0, 1.0)),  # one per GPU
         ({"CPU": 16, "GPU": 2}, ["label.gpus_per_actor=0.5"], 10, PoolPlan(4, 1.0, 0.5, 1.0)),
-        ({"CPU": 3, "GPU": 8}, [], 10, PoolPlan(2, 1.0, 1.0, 1.0)),  # CPUs bound GPU actors too
-        ({"CPU": 4, "GPU": 0.5}, [], 10, PoolPlan(3, 1.0, 0.0, 1.0)),  # less than one actor's GPUs: CPU
+        ({"CPU": 3, "GPU": 8}, ["label.gpus_per_actor=1"], 10, PoolPlan(2, 1.0, 1.0, 1.0)),  # CPUs bound them too
+        ({"CPU": 4, "GPU": 2}, [], 10, PoolPlan(3, 1.0, 0.0, 1.0)),  # gpus_per_actor=0: CPU actors by choice
     ],
 )
 def test_pool_fits_the_cluster(resources, overrides, pending, expected):
     cfg = label_config("/tmp/unused", "label.num_actors=0", *overrides)
     assert plan_pool(resources, cfg.label, pending) == expected
+
+
+@pytest.mark.parametrize("resources", [{"CPU": 8}, {"CPU": 4, "GPU": 0.5}])
+def test_gpu_actors_on_a_cluster_without_the_gpus_are_an_error(resources):
+    cfg = label_config("/tmp/unused", "label.gpus_per_actor=1")
+    with pytest.raises(RuntimeError, match=r"label.gpus_per_actor=1.0 but the Ray cluster has .* GPUs"):
+        plan_pool(resources, cfg.label, 10)
 
 
 def test_pool_needs_cpus_and_label_config_is_checked():

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "step": "vlsa.bench.step",
     "mfu": "vlsa.bench.mfu",
     "label": "vlsa.bench.label",
+    "label-row": "vlsa.bench.label_row",
     "ray-overhead": "vlsa.bench.ray_overhead",
     "latency": "vlsa.bench.latency",
 }

@@ -21,7 +21,7 @@ import torch
 
 from vlsa.bench.device import synchronize
 from vlsa.bench.loop import TrainStep
-from vlsa.model.splice import IGNORE
+from vlsa.tokens import IGNORE_INDEX
 
 GIB = 2**30
 REPORT_CHUNKS = 8
@@ -100,7 +100,7 @@ def lm_logits(step: TrainStep) -> dict[str, int | bool]:
     with torch.no_grad():
         spliced, _ = model.prepare_inputs(*(batch[k] for k in keys))
     (B, T), V = spliced.labels.shape, model.language_model.get_output_embeddings().weight.shape[0]
-    n = int((spliced.labels[:, 1:] != IGNORE).sum())
+    n = int((spliced.labels[:, 1:] != IGNORE_INDEX).sum())
     chunks = model.config.model.llm.loss_chunks or REPORT_CHUNKS
     plain, piece = B * T * V * 4, -(-n // chunks) * V * 4
     return {"batch": B, "tokens": T, "vocab": V, "supervised": n, "chunks": chunks,

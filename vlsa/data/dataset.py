@@ -100,7 +100,7 @@ def measure(builder: SampleBuilder, records: list[Record], stats: RejectStats) -
 
 
 def _stored_labels(cfg: Config, data: DataConfig, records: list[Record], stats: RejectStats):
-    store, rejects = load_labels(data.labels, cfg), load_rejects(data.labels)
+    store, rejects = load_labels(data.labels, cfg, scratch=data.label_cache), load_rejects(data.labels)
     kept = []
     for record in records:
         keys = [label_key(record.id, k, len(record.images)) for k in range(len(record.images))]

@@ -10,6 +10,10 @@ no token covers, means the labels would not line up with the text: the record is
 ``plain`` (Stage I captions) and ``vicuna_v1`` (LLaVA-1.5) are LLaVA's formats; ``llama3`` and
 ``chatml`` (Qwen2, LLaVA-NeXT) use the tokenizer's own Jinja chat template when it is of that family,
 else an equivalent built-in one.
+
+Before rendering, a turn's single image placeholder is moved to the front (``<image>\n`` + the rest,
+``image_first``), as LLaVA does, so a record whose image follows its question renders as it did for
+the LLaVA checkpoints users start from.
 """
 
 from __future__ import annotations
@@ -68,6 +72,22 @@ class Encoded:
     ssft_mask: list[bool]
 
 
+def image_first(turns: list[Turn], always: bool = True) -> list[Turn]:
+    """Turns with a single ``<image>`` moved to the front as ``<image>\n`` + the stripped rest.
+
+    ``always`` is LLaVA-1.5's rule (every turn holding the placeholder, so ``<image>Q`` becomes
+    ``<image>\nQ`` too); otherwise LLaVA-NeXT's (only a turn that does not already start with it).
+    A turn with several placeholders keeps their places: both codebases leave interleaved images be.
+    """
+    out = []
+    for turn in turns:
+        content = turn.content
+        if content.count(IMAGE_TOKEN) == 1 and (always or not content.startswith(IMAGE_TOKEN)):
+            content = f"{IMAGE_TOKEN}\n{content.replace(IMAGE_TOKEN, '').strip()}".strip()
+        out.append(turn if content == turn.content else Turn(turn.role, content, turn.ssft))
+    return out
+
+
 class ChatTemplate:
     """Renders conversations (training) and prompts (generation) in one chat format."""
 
@@ -98,7 +118,7 @@ class PlainTemplate(ChatTemplate):
 
     def render(self, turns: list[Turn]) -> Rendered:
         out = Rendered(self.bos)
-        for turn in turns:
+        for turn in image_first(turns):
             if turn.role == USER:
                 out.text += self._user(turn)
             else:
@@ -109,7 +129,7 @@ class PlainTemplate(ChatTemplate):
 
     def prompt(self, turns: list[Turn]) -> str:
         _check_prompt(turns)
-        return self.render(turns[:-1]).text + self._user(turns[-1])
+        return self.render(turns[:-1]).text + self._user(image_first(turns[-1:])[0])
 
 
 class VicunaTemplate(ChatTemplate):
@@ -123,7 +143,7 @@ class VicunaTemplate(ChatTemplate):
 
     def render(self, turns: list[Turn]) -> Rendered:
         out = Rendered(f"{self.bos}{VICUNA_SYSTEM} ")
-        for turn in turns:
+        for turn in image_first(turns):
             if turn.role == USER:
                 out.text += f"USER: {turn.content} ASSISTANT:"
             else:
@@ -149,7 +169,7 @@ class JinjaTemplate(ChatTemplate):
         self.from_tokenizer = self.source is own
 
     def _apply(self, turns: list[Turn], generation: bool) -> str:
-        messages = [{"role": t.role, "content": t.content} for t in turns]
+        messages = [{"role": t.role, "content": t.content} for t in image_first(turns, always=False)]
         return self.tokenizer.apply_chat_template(
             messages, chat_template=self.source, tokenize=False, add_generation_prompt=generation
         )

@@ -3,17 +3,29 @@
 Credentials come from the environment or the instance role, never from config files. An S3-compatible
 endpoint (a MinIO, or moto in tests) is selected with the standard ``AWS_ENDPOINT_URL`` /
 ``AWS_ENDPOINT_URL_S3`` variables, which boto3 reads itself; the same value is passed to pyarrow.
+
+A process makes one boto3 client and one pyarrow ``S3FileSystem`` per S3 setting (endpoint, region,
+key id) and reuses them for every image, label and checkpoint read: creating a client costs
+milliseconds and a credential lookup, which per sample would dominate small reads. Both retry
+throttling and connection errors (standard mode) before an error reaches the caller.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
+import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
+
+S3_ATTEMPTS = 8
+"""Attempts of one S3 call (throttling, 5xx and connection errors are retried with backoff)."""
+_CLIENT_LOCK = threading.Lock()
 
 
 def is_s3(uri: str) -> bool:
@@ -32,28 +44,48 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def s3_client():
-    import boto3
+def _setting() -> tuple:
+    """What selects an S3 client in this process: a forked child or a changed endpoint gets a new one."""
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or ""
+    return os.getpid(), endpoint_url() or "", region, os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_PROFILE", "")
 
-    return boto3.client("s3", endpoint_url=endpoint_url())
+
+def s3_client():
+    """This process's boto3 S3 client for the current setting (thread-safe; created once)."""
+    with _CLIENT_LOCK:  # boto3 client creation is not thread-safe; the client itself is
+        return _boto3_client(*_setting())
+
+
+@lru_cache(maxsize=8)
+def _boto3_client(pid: int, endpoint: str, region: str, key_id: str, profile: str):
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    retries = BotoConfig(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}, max_pool_connections=32)
+    return boto3.client("s3", endpoint_url=endpoint or None, config=retries)
+
+
+@lru_cache(maxsize=8)
+def _arrow_s3(pid: int, endpoint: str, region: str, key_id: str, profile: str):
+    from pyarrow import fs
+
+    kwargs = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc or endpoint, scheme=parsed.scheme or "https")
+    if region:
+        kwargs["region"] = region
+    return fs.S3FileSystem(**kwargs)
 
 
 def pyarrow_filesystem(uri: str):
-    """(filesystem, path) for pyarrow / Ray Data readers and writers."""
+    """(filesystem, path) for pyarrow / Ray Data readers and writers; the S3 filesystem is this process's one."""
     if not is_s3(uri):
         return None, str(Path(uri).expanduser())
-    from pyarrow import fs
-
-    endpoint = endpoint_url()
-    kwargs = {}
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs = {"endpoint_override": parsed.netloc or endpoint, "scheme": parsed.scheme or "https"}
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    if region:
-        kwargs["region"] = region
+    with _CLIENT_LOCK:
+        filesystem = _arrow_s3(*_setting())
     bucket, key = split_s3(uri)
-    return fs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+    return filesystem, f"{bucket}/{key}".rstrip("/")
 
 
 def join(base: str, *parts: str) -> str:
@@ -156,3 +188,86 @@ def local_copy(uri: str, cache_dir: str | Path) -> Path:
     except OSError:  # another process finished the same download first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def node_copy(uri: str, scratch: str | Path) -> tuple[Path, int]:
+    """A copy of file ``uri`` on this node's disk under ``scratch``: (its path, bytes this call downloaded).
+
+    The processes of a node share one copy: the first takes an exclusive lock on ``<copy>.lock``,
+    downloads to a temporary file and renames it into place; the others wait on the lock and then
+    find the copy (0 bytes downloaded). The copy's name includes the object's size and modification
+    time, so an object rewritten under the same URI is fetched again, never served stale. A local
+    ``uri`` is its own copy.
+    """
+    if not is_s3(uri):
+        return Path(uri).expanduser(), 0
+    filesystem, path = pyarrow_filesystem(uri)
+    info = filesystem.get_file_info(path)
+    if info.size is None:
+        raise FileNotFoundError(f"nothing stored at {uri}")
+    version = f"{uri}\x00{info.size}\x00{info.mtime_ns}"
+    digest = hashlib.sha256(version.encode()).hexdigest()[:20]
+    target = Path(scratch).expanduser() / digest[:2] / f"{digest}-{path.rsplit('/', 1)[-1]}"
+    if target.is_file():
+        return target, 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if target.is_file():
+            return target, 0
+        return target, _download(filesystem, path, target)
+
+
+def _download(filesystem, path: str, target: Path, chunk: int = 8 << 20) -> int:
+    """Stream ``path`` into ``target`` through a temporary file; returns the bytes read."""
+    done = 0
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=f".{target.name}.") as tmp:
+        try:
+            with filesystem.open_input_stream(path) as source:
+                while block := source.read(chunk):
+                    tmp.write(block)
+                    done += len(block)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, target)
+    return done
+
+
+_RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500"}
+_RETRYABLE_ARROW = ("NETWORK_CONNECTION", "SLOW_DOWN", "THROTTLING", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE",
+                    "REQUEST_TIMEOUT", "Connection reset", "Timeout")
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a retry may cure ``err``: dropped connections, timeouts, throttling, 5xx answers.
+
+    A missing object, a refused credential or a full local disk is not transient.
+    """
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    from botocore import exceptions as boto
+
+    if isinstance(err, (boto.ConnectionError, boto.HTTPClientError)):
+        return True
+    if isinstance(err, boto.ClientError):
+        response = err.response or {}
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or response.get("Error", {}).get("Code") in _RETRYABLE_CODES
+    # pyarrow reports S3 failures as OSError("... AWS Error NETWORK_CONNECTION ...")
+    return isinstance(err, OSError) and "AWS Error" in str(err) and any(m in str(err) for m in _RETRYABLE_ARROW)
+
+
+def retry(fn, attempts: int = 4, delay: float = 0.5):
+    """``fn()``, called again after a transient error (backoff ``delay`` x 1, 2, 4 ... seconds)."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as err:
+            if attempt == attempts or not transient(err):
+                raise
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

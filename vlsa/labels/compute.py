@@ -83,6 +83,9 @@ def prepare(image: Image.Image, geometry: LabelGeometry) -> PreparedImage:
     )
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook entry (Euclidean) at every latent position.
 
@@ -112,12 +115,18 @@ class LabelComputer:
     work is included), so a caller can report how busy the accelerator was.
     """
 
-    def __init__(self, cfg: Config, device: str | torch.device | None = None) -> None:
+    def __init__(self, cfg: Config, device: str | torch.device | None = None, precision: str | None = None,
+                 vq_precision: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.geometry = LabelGeometry.from_config(cfg)
         self.batch_size = cfg.label.batch_size
-        self.vq = build_vq(cfg).to(self.device)
-        self.vae = build_vae(cfg).to(self.device)
+        self.dtype = _DTYPES[precision or cfg.label.precision]  # the VAE's
+        self.vq_dtype = _DTYPES[vq_precision or cfg.label.vq_precision]
+        vq = build_vq(cfg)
+        # the nearest-code search runs in fp32 against the exact codebook, whatever the encoder's dtype
+        self.codebook = vq.quantize.embedding.weight.detach().float().to(self.device)  # (K, D)
+        self.vq = vq.to(self.device, self.vq_dtype)
+        self.vae = build_vae(cfg).to(self.device, self.dtype)
         self.shift = float(self.vae.config.shift_factor or 0.0)  # SD1/2-style VAEs have no shift
         self.scale = float(self.vae.config.scaling_factor)
         self.model_seconds = 0.0
@@ -125,13 +134,13 @@ class LabelComputer:
     @torch.no_grad()
     def vq_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [-1, 1] -> (B, 4, q, q) codebook indices per quarter."""
-        latents = self.vq.encode(x.to(self.device)).latents  # (B, D, S/f, S/f), after quant_conv
-        return split_quarters(nearest_codes(latents, self.vq.quantize.embedding.weight)).cpu()
+        latents = self.vq.encode(x.to(self.device, self.vq_dtype)).latents  # (B, D, S/f, S/f), after quant_conv
+        return split_quarters(nearest_codes(latents, self.codebook)).cpu()
 
     @torch.no_grad()
     def vae_latents(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [-1, 1] -> (B, C, s, s) float32, the distribution's mode, shifted and scaled."""
-        z = self.vae.encode(x.to(self.device)).latent_dist.mode()  # the mean: deterministic labels
+        z = self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mode().float()  # the mean: deterministic
         return ((z - self.shift) * self.scale).float().cpu()
 
     def compute(self, prepared: list[PreparedImage]) -> list[dict]:

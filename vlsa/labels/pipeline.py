@@ -51,20 +51,26 @@ def plan_pool(resources: dict[str, float], label: LabelConfig, pending: int) -> 
     """Size the actor pool to what fits next to the read tasks (never more than fit, or than shards).
 
     One CPU per actor and per read task; a 1-CPU cluster splits it in halves so both stages always
-    have room and the job cannot wait forever for resources. With GPUs, one actor per
-    ``gpus_per_actor`` GPUs, still keeping CPUs for reading.
+    have room and the job cannot wait forever for resources. With ``gpus_per_actor`` > 0, one actor
+    per ``gpus_per_actor`` GPUs, still keeping CPUs for reading; a cluster with fewer GPUs than one
+    actor asks for is an error (labeling 558K images on CPUs by accident would take days).
     """
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     if cpus <= 0:
         raise RuntimeError(f"the Ray cluster has no CPUs (resources: {resources})")
     unit = 1.0 if cpus >= 2 else cpus / 2
     fit = int((cpus - unit) // unit)  # CPUs left once one read task can run
-    use_gpu = label.gpus_per_actor > 0 and gpus >= label.gpus_per_actor
+    use_gpu = label.gpus_per_actor > 0
+    if use_gpu and gpus < label.gpus_per_actor:
+        raise RuntimeError(
+            f"label.gpus_per_actor={label.gpus_per_actor} but the Ray cluster has {gpus:g} GPUs "
+            f"(resources: {resources}); add GPU nodes, or set label.gpus_per_actor=0 to label on CPUs"
+        )
     if use_gpu:
         fit = min(fit, int(gpus // label.gpus_per_actor))
     wanted = label.num_actors or fit
     actors = max(1, min(wanted, fit, pending))
-    return PoolPlan(actors, unit, label.gpus_per_actor if use_gpu else 0.0, unit)
+    return PoolPlan(actors, unit, label.gpus_per_actor, unit)
 
 
 def shard_bytes(geometry: LabelGeometry, rows_per_shard: int) -> int:
@@ -102,8 +108,12 @@ def _dataset(cfg: Config, shards: list[list[Item]], pending: list[int], image_ro
     ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=plan.read_cpus,
                         memory=read_memory(resources, geometry, cfg.label.rows_per_shard),
                         fn_kwargs={"root": image_root, "decode": cfg.label.decode, "geometry": geometry})
+    # 1 + write_ahead calls per actor: one labels while the others wait for their uploads (models serialised)
+    calls = 1 + cfg.label.write_ahead
+    pool = ray.data.ActorPoolStrategy(size=plan.actors, max_concurrent_calls_per_actor=calls,
+                                      enable_true_multi_threading=calls > 1)
     return ds.map_batches(
-        ShardLabeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        ShardLabeler, batch_size=1, compute=pool,
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
         fn_constructor_kwargs={"cfg": cfg.to_dict(), "output": output, "threads": int(plan.actor_cpus),
                                "device": "cuda" if plan.actor_gpus else "cpu"},
@@ -139,6 +149,9 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
     _check_shard_size(geometry, cfg.label.rows_per_shard)
     spec = {"identity": label_identity(cfg), "items": len(items), "fingerprint": fingerprint(items),
             "rows_per_shard": cfg.label.rows_per_shard}
+    precision = {"vae": cfg.label.precision, "vq": cfg.label.vq_precision}
+    if set(precision.values()) != {"fp32"}:  # one output never mixes precisions; fp32 outputs keep their old spec
+        spec["precision"] = precision
     ensure_spec(output, spec)
     done = completed_shards(output)
     pending = [k for k in range(len(shards)) if k not in done]

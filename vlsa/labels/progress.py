@@ -27,7 +27,7 @@ class Progress:
         self.started = time.perf_counter()
         self.done = 0
         self.rows = self.rejects = 0
-        self.model_seconds = 0.0
+        self.model_seconds = self.write_seconds = 0.0
         self.reasons: Counter = Counter()
         self.device = ""
 
@@ -37,6 +37,7 @@ class Progress:
         rows, rejects = int(summary["rows"]), int(summary["rejects"])
         self.rows, self.rejects = self.rows + rows, self.rejects + rejects
         self.model_seconds += float(summary["model_seconds"])
+        self.write_seconds += float(summary.get("write_seconds", 0.0))
         self.reasons.update(json.loads(str(summary["reasons"])))
         self.device = str(summary["device"])
         elapsed = time.perf_counter() - self.started
@@ -63,6 +64,7 @@ class Progress:
             "wall_seconds": round(wall, 3),
             "images_per_s": round(images / wall, 3) if images else 0.0,
             "model_seconds": round(self.model_seconds, 3),
+            "write_seconds": round(self.write_seconds, 3),  # encode + upload, overlapped with labeling
             "busy_fraction": round(self.model_seconds / (wall * self.actors), 4) if images and self.actors else None,
             "actors": self.actors,
             "device": self.device,

@@ -4,29 +4,31 @@ A read task turns a shard's items into a ``DecodedShard``: each image is read an
 shared safe decoder and reduced to fixed-size uint8 arrays, and every failure is caught per image
 into the shard's rejects, so one bad file costs only its own row. The decoded shard travels to a
 labeling actor as one packed row (``pack``), so a shard is never split between actors and its
-output file names stay deterministic. The actor runs the models and writes the shard's files.
+output file names stay deterministic. The actor runs the models and has the shard's files written
+off the models' path (``vlsa.labels.writer``).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from vlsa.config import DecodeConfig, config_from_dict
 from vlsa.io import storage
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import RecordRejected, read_image_bytes, safe_relative_path
 from vlsa.labels.compute import LabelComputer, LabelGeometry, PreparedImage, prepare
-from vlsa.labels.schema import REJECT_SCHEMA
-from vlsa.labels.shards import Item, label_table, labels_uri, rejects_uri, write_table
+from vlsa.labels.shards import Item
+from vlsa.labels.writer import ShardWriter
 
-SUMMARY_KEYS = ("shard", "rows", "rejects", "reasons", "seconds", "model_seconds", "decode_seconds", "device")
+SUMMARY_KEYS = ("shard", "rows", "rejects", "reasons", "seconds", "model_seconds", "write_seconds", "decode_seconds",
+                "device")
 
 
 @dataclass
@@ -129,14 +131,23 @@ def decode_batch(batch: dict[str, np.ndarray], *, root: str, decode: DecodeConfi
 
 
 class ShardLabeler:
-    """Ray Data actor: holds the VQ-VAE and VAE, labels packed shards and writes their files."""
+    """Ray Data actor: holds the VQ-VAE and VAE, labels packed shards and has their files written.
+
+    Calls may run concurrently (the pipeline allows ``1 + label.write_ahead`` per actor): the models
+    serve one call at a time, and while one call waits for its shard's upload (``ShardWriter``) the
+    next labels its shard, so the accelerator does not idle during uploads. A call returns, and so
+    reports its shard done, only after that shard's files are written.
+    """
 
     def __init__(self, cfg: dict[str, Any], output: str, device: str = "cpu", threads: int = 1) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))  # stay within the CPUs the actor reserved
-        self.computer = LabelComputer(config_from_dict(cfg), device=device)
+        config = config_from_dict(cfg)
+        self.computer = LabelComputer(config, device=device)
         self.output = output
+        self.writer = ShardWriter(output, max_pending=config.label.write_ahead)
+        self._models = threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows {shard, payload} -> one summary row per shard (see ``SUMMARY_KEYS``)."""
@@ -144,16 +155,18 @@ class ShardLabeler:
         return {key: np.array([s[key] for s in summaries]) for key in SUMMARY_KEYS}
 
     def label_shard(self, decoded: DecodedShard) -> dict[str, Any]:
-        """Label one decoded shard and write its rejects file, then its labels file (the completion mark)."""
-        started, model_before = time.perf_counter(), self.computer.model_seconds
-        rows = self.computer.compute(decoded.prepared)
+        """Label one decoded shard, queue its files (rejects, then labels: the completion mark), wait for them."""
+        started = time.perf_counter()
+        with self._models:  # one model call at a time: the device's memory holds one batch
+            model_before = self.computer.model_seconds
+            rows = self.computer.compute(decoded.prepared)
+            model_seconds = self.computer.model_seconds - model_before
         for row, item in zip(rows, decoded.items):
             row.update(id=item.id, image=item.image)
         rejects = [
             {"id": i.id, "image": i.image, "reason": reason, "detail": detail} for i, reason, detail in decoded.rejects
         ]
-        write_table(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), rejects_uri(self.output, decoded.shard))
-        write_table(label_table(rows), labels_uri(self.output, decoded.shard))
+        write_seconds = self.writer.submit(decoded.shard, rows, rejects).result()  # drained before the report
         reasons: dict[str, int] = {}
         for _, reason, _ in decoded.rejects:
             reasons[reason] = reasons.get(reason, 0) + 1
@@ -163,7 +176,8 @@ class ShardLabeler:
             "rejects": len(rejects),
             "reasons": json.dumps(reasons, sort_keys=True),
             "seconds": time.perf_counter() - started,
-            "model_seconds": self.computer.model_seconds - model_before,
+            "model_seconds": model_seconds,
+            "write_seconds": write_seconds,
             "decode_seconds": decoded.decode_seconds,
             "device": self.computer.device.type,
         }

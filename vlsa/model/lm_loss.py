@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vlsa.model.splice import IGNORE
+from vlsa.tokens import IGNORE_INDEX
 
 
 def lm_losses(logits, labels, ssft_mask):
     """(L, L_sft, L_ssft) from logits (B, T, V), labels (B, T) and ssft_mask (B, T); all None without labels."""
     if labels is None:
         return None, None, None
-    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
+    per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX,
                                 reduction="none")  # (B, T-1)
-    valid = labels[:, 1:] != IGNORE
+    valid = labels[:, 1:] != IGNORE_INDEX
     return _reduce(per_token[valid], _ssft(ssft_mask, valid), empty=logits)
 
 
@@ -39,7 +39,7 @@ def chunked_lm_losses(hidden, head, labels, ssft_mask, chunks: int):
     """
     if labels is None:
         return None, None, None
-    valid = labels[:, 1:] != IGNORE  # (B, T-1)
+    valid = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
     states, targets = hidden[:, :-1][valid], labels[:, 1:][valid]  # (n, D), (n,)
     pieces = [checkpoint(_token_losses, head, h, t, use_reentrant=False)
               for h, t in zip(torch.tensor_split(states, chunks), torch.tensor_split(targets, chunks))]

@@ -4,11 +4,17 @@ Either way the image placeholder and the SSFT markers are added as special token
 ``ssft.vq_encoding=tokens``) one token per VQ codebook entry. The offline tokenizer is trained on a
 fixed built-in corpus, saved with ``save_pretrained`` and loaded back with ``AutoTokenizer``, so it
 goes through exactly the loading path of a real one.
+
+A folder with only a sentencepiece ``tokenizer.model`` (Vicuna, LLaMA-2: a ``LlamaTokenizer`` config and
+no ``tokenizer.json``) is converted to a fast tokenizer on load, which needs ``sentencepiece`` and
+``protobuf``; without them transformers falls through to an unrelated ``tiktoken`` error, so their
+absence is reported first, by name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -48,6 +54,32 @@ def tokenizer_source(cfg: TokenizerConfig, cache_dir: str) -> str:
     return str(target)
 
 
+SENTENCEPIECE_NEEDS = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
+"""Modules (-> pip package) that converting a sentencepiece ``tokenizer.model`` needs."""
+
+
+def check_conversion_packages(source: str) -> None:
+    """``ImportError`` naming the package when ``source`` holds only a sentencepiece model and a
+    package its conversion needs is missing. A hub name cannot be looked into before it is fetched:
+    ``build_tokenizer`` names the missing package when transformers' conversion then fails."""
+    folder = Path(source).expanduser()
+    if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        return
+    for module, package in SENTENCEPIECE_NEEDS.items():
+        if _missing(module):
+            raise ImportError(
+                f"the tokenizer at {source} is a sentencepiece tokenizer.model without tokenizer.json; "
+                f"converting it needs the package {package!r} (pip install {package}, pinned in requirements.txt)"
+            )
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a parent package missing, or a module blocked in sys.modules
+        return True
+
+
 def _train_offline(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -71,7 +103,15 @@ def build_tokenizer(cfg: TokenizerConfig, cache_dir: str, vq_codes: int = 0):
     """Load the tokenizer and add the project's special tokens (and ``vq_codes`` code tokens)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_source(cfg, cache_dir), use_fast=True)
+    source = tokenizer_source(cfg, cache_dir)
+    check_conversion_packages(source)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except ValueError as err:  # a hub name is only seen once downloaded: name the package there too
+        missing = [package for module, package in SENTENCEPIECE_NEEDS.items() if _missing(module)]
+        if "tiktoken" in str(err) and missing:
+            raise ImportError(f"loading the tokenizer {source} needs the package(s) {missing}: {err}") from err
+        raise
     extra = list(tokens.SPECIAL_TOKENS) + [tokens.vq_code_token(i) for i in range(vq_codes)]
     tok.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
     if tok.pad_token is None:  # LLaMA-3 and Vicuna ship without one; padding is masked anyway
