@@ -18,7 +18,7 @@ def text_only_batch(model, texts=TEXTS, latent: bool = False) -> dict:
     """A collated text-only batch: no placeholders, image tensors with zero rows (as the collate gives them);
     ``latent``: the reconstruction target as cached latents instead of pixels."""
     tok = model.tokenizer(texts, padding=True, return_tensors="pt")
-    side, recon = model.image_size, model.config.model.recon.image_size
+    side, recon = model.image_size, model.config.recon.image_size
     if latent:
         head = model.recon_head
         target = {"recon_latent": torch.zeros(0, head.latent_channels, head.latent_size, head.latent_size)}

@@ -77,7 +77,7 @@ def test_the_model_trains_the_same_with_the_chunked_loss(tiny_model, two_image_b
     for chunks in (0, 5):
         model = copy.deepcopy(tiny_model).train()
         model.config = copy.deepcopy(model.config)
-        model.config.model.llm.loss_chunks = chunks
+        model.config.llm.loss_chunks = chunks
         apply_stage(model, model.config.train.stages[1])  # everything trainable
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(3)

@@ -101,8 +101,8 @@ def lm_logits(step: TrainStep) -> dict[str, int | bool]:
         spliced, _ = model.prepare_inputs(*(batch[k] for k in keys))
     (B, T), V = spliced.labels.shape, model.language_model.get_output_embeddings().weight.shape[0]
     n = int((spliced.labels[:, 1:] != IGNORE_INDEX).sum())
-    chunks = model.config.model.llm.loss_chunks or REPORT_CHUNKS
+    chunks = model.config.llm.loss_chunks or REPORT_CHUNKS
     plain, piece = B * T * V * 4, -(-n // chunks) * V * 4
     return {"batch": B, "tokens": T, "vocab": V, "supervised": n, "chunks": chunks,
-            "configured": bool(model.config.model.llm.loss_chunks), "plain_bytes": plain,
+            "configured": bool(model.config.llm.loss_chunks), "plain_bytes": plain,
             "chunked_bytes": piece, "avoided_bytes": plain - piece}
