@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from vlsa.config import load_config
 from vlsa.model.lm_loss import chunked_lm_losses, lm_losses
 from vlsa.model.params import apply_stage
 
@@ -78,7 +79,7 @@ def test_the_model_trains_the_same_with_the_chunked_loss(tiny_model, two_image_b
         model = copy.deepcopy(tiny_model).train()
         model.config = copy.deepcopy(model.config)
         model.config.llm.loss_chunks = chunks
-        apply_stage(model, model.config.train.stages[1])  # everything trainable
+        apply_stage(model, load_config("tiny").train.stages[1])  # everything trainable
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(3)
             out = model(**two_image_batch)

@@ -10,7 +10,7 @@ import torch
 from model_helpers import tiny_config
 
 import vlsa
-from vlsa.config import ConfigError
+from vlsa.config import ConfigError, load_config
 from vlsa.model.params import apply_stage
 from vlsa.train.loop import enable_activation_checkpointing
 
@@ -60,7 +60,7 @@ def test_checkpointing_keeps_the_loss_and_gradients(tiny_model, two_image_batch)
     results = []
     for parts in ([], ["llm", "vision", "denoiser"]):
         model = copy.deepcopy(tiny_model).train()
-        apply_stage(model, model.config.train.stages[1])
+        apply_stage(model, load_config("tiny").train.stages[1])
         enable_activation_checkpointing(model, parts)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(5)
