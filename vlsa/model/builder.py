@@ -5,6 +5,12 @@ loaded as is. A part with only an ``init`` dict is built at random from it (seed
 ``save_pretrained`` under ``cache_dir/tiny/<name>-<hash>`` and loaded back, so tiny runs exercise
 exactly the loading code of pretrained weights. Several Ray workers may build the same part at
 once, so the save goes to a temporary folder that is renamed into place.
+
+Under ZeRO-3 (``zero3``: the stage's DeepSpeed config) every part is partitioned as it is created:
+it is built from its config inside ``deepspeed.zero.Init`` (transformers parts with
+``HfDeepSpeedConfig`` alive, which makes transformers enter it itself) and its safetensors weights
+are read rank by rank, each rank reading only its own slices (``vlsa.model.weights``). A
+transformers part stored without safetensors goes through transformers' own ZeRO-3 loading.
 """
 
 from __future__ import annotations
@@ -24,22 +30,64 @@ from vlsa.config import ComponentConfig, Config
 from vlsa.io import storage
 
 
-def load_component(part: ComponentConfig, cls: type, *, name: str, cache_dir: str, seed: int) -> Any:
+def load_component(part: ComponentConfig, cls: type, *, name: str, cache_dir: str, seed: int,
+                   zero3: dict[str, Any] | None = None) -> Any:
     """An instance of ``cls`` loaded with ``from_pretrained`` from ``part.path`` or a saved tiny build.
 
     ``cls`` is a transformers model class (an ``Auto*`` class too) or a diffusers ``ModelMixin``.
+    ``zero3``: a ZeRO-3 DeepSpeed config to build the part partitioned under (None: a plain build).
     """
     if part.path:
         source = str(storage.local_copy(part.path, cache_dir)) if storage.is_s3(part.path) else part.path
-        return _from_pretrained(cls, source, part.subfolder)
-    if not part.init:
+        subfolder = part.subfolder
+    elif part.init:
+        # the random tiny build is made and saved before any partitioning starts
+        source, subfolder = str(_tiny_dir(part.init, cls, name=name, cache_dir=cache_dir, seed=seed)), ""
+    else:
         raise ValueError(f"model part {name!r} has neither a `path` nor an `init` config")
-    return _from_pretrained(cls, str(_tiny_dir(part.init, cls, name=name, cache_dir=cache_dir, seed=seed)), "")
+    if zero3 is None:
+        return _from_pretrained(cls, source, subfolder)
+    return _partitioned_load(cls, source, subfolder, zero3)
+
+
+def _is_diffusers(cls: type) -> bool:
+    return hasattr(cls, "register_to_config")
+
+
+def _partitioned_load(cls: type, source: str, subfolder: str, zero3: dict[str, Any]) -> Any:
+    """``cls`` built partitioned from the config in ``source``, then its weights read slice by slice."""
+    from vlsa.model import weights
+    from vlsa.model.zero3 import partitioning
+
+    files = weights.safetensors_files(Path(source) / subfolder)
+    if not files and _is_diffusers(cls):
+        raise ValueError(f"a ZeRO-3 build reads safetensors weights; {Path(source) / subfolder} has none")
+    if not files:  # e.g. a hub name or .bin weights: transformers loads them partitioned itself
+        with partitioning(zero3):
+            return _from_pretrained(cls, source, subfolder)
+    with partitioning(zero3):
+        model = _from_config(cls, source, subfolder)
+    # a pretrained file may hold more than this class uses (a CLIP checkpoint's text tower)
+    weights.load_into(model, files, strict=False)
+    return model.eval()
+
+
+def _from_config(cls: type, source: str, subfolder: str) -> Any:
+    """A new instance of ``cls`` from the config stored in ``source`` (weights not loaded)."""
+    kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
+    if _is_diffusers(cls):
+        return cls.from_config(cls.load_config(source, **kwargs))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    if getattr(cls, "config_class", None) is None:  # an Auto* class picks the model class from the config
+        return cls.from_config(config)
+    return cls._from_config(config)
 
 
 def _from_pretrained(cls: type, source: str, subfolder: str) -> Any:
     kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
-    if hasattr(cls, "register_to_config") and importlib.util.find_spec("accelerate") is None:
+    if _is_diffusers(cls) and importlib.util.find_spec("accelerate") is None:
         kwargs["low_cpu_mem_usage"] = False  # diffusers' faster default needs the optional accelerate
     return cls.from_pretrained(source, **kwargs)
 
@@ -123,38 +171,48 @@ def build_vq(cfg: Config):
     return _frozen(load_component(cfg.model.vq, VQModel, name="vq", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed))
 
 
-def build_vision(cfg: Config):
+def build_vision(cfg: Config, zero3: dict[str, Any] | None = None):
     """The vision tower: ``CLIPVisionModel`` or ``SiglipVisionModel`` per ``model.vision.kind``."""
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     cls = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[cfg.model.vision.kind]
-    return load_component(cfg.model.vision, cls, name="vision", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed)
+    return load_component(cfg.model.vision, cls, name="vision", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed,
+                          zero3=zero3)
 
 
-def build_llm(cfg: Config):
+def build_llm(cfg: Config, zero3: dict[str, Any] | None = None):
     """The language model (``AutoModelForCausalLM``)."""
     from transformers import AutoModelForCausalLM
 
     part = cfg.model.llm
-    return load_component(part, AutoModelForCausalLM, name="llm", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed)
+    return load_component(part, AutoModelForCausalLM, name="llm", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed,
+                          zero3=zero3)
 
 
-def build_denoiser(cfg: Config):
+def build_denoiser(cfg: Config, zero3: dict[str, Any] | None = None):
     """The reconstruction denoiser (``SD3Transformer2DModel``)."""
     from diffusers import SD3Transformer2DModel
 
     part = cfg.model.recon.denoiser
-    return load_component(part, SD3Transformer2DModel, name="denoiser", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed)
+    return load_component(part, SD3Transformer2DModel, name="denoiser", cache_dir=cfg.model.cache_dir,
+                          seed=cfg.model.seed, zero3=zero3)
 
 
-def build_recon_head(cfg: Config, llm_dim: int):
-    """Epigone + SD3 denoiser + frozen VAE, sized from the denoiser's own config."""
+def build_recon_head(cfg: Config, llm_dim: int, zero3: dict[str, Any] | None = None):
+    """Epigone + SD3 denoiser + frozen VAE, sized from the denoiser's own config.
+
+    With ``zero3`` the denoiser and Epigone are partitioned; the VAE never is: it sits outside the
+    module tree DeepSpeed manages (``ReconstructionHead``), so each rank keeps it whole.
+    """
     from vlsa.model.epigone import Epigone
     from vlsa.model.reconstruction import ReconstructionHead
+    from vlsa.model.zero3 import partitioning
 
     recon = cfg.model.recon
-    denoiser, vae = build_denoiser(cfg), build_vae(cfg)
-    epigone = Epigone(llm_dim, cfg.model.epigone.rank, denoiser.config.joint_attention_dim, denoiser.config.pooled_projection_dim)
+    denoiser, vae = build_denoiser(cfg, zero3), build_vae(cfg)
+    with partitioning(zero3):
+        epigone = Epigone(llm_dim, cfg.model.epigone.rank, denoiser.config.joint_attention_dim,
+                          denoiser.config.pooled_projection_dim)
     return ReconstructionHead(
         epigone, denoiser, vae, image_size=recon.image_size, logit_mean=recon.logit_mean,
         logit_std=recon.logit_std, sample_steps=recon.sample_steps,
@@ -184,8 +242,12 @@ def build_model_tokenizer(cfg: Config):
     return build_tokenizer(cfg.model.tokenizer, cfg.model.cache_dir, vq_codes=vq_code_count(cfg))
 
 
-def build_model(cfg: Config):
-    """The full ``VLSAModel`` of ``cfg`` with ``.tokenizer`` and ``.config`` attached."""
+def build_model(cfg: Config, zero3: dict[str, Any] | None = None):
+    """The full ``VLSAModel`` of ``cfg`` with ``.tokenizer`` and ``.config`` attached.
+
+    ``zero3``: the ZeRO-3 DeepSpeed config of the stage: every trainable part is then partitioned as
+    it is created (see the module doc); None builds every part whole.
+    """
     from vlsa.model.vlm import VLSAModel
 
-    return VLSAModel.from_config(cfg)
+    return VLSAModel.from_config(cfg, zero3)

@@ -57,16 +57,22 @@ class VLSAModel(nn.Module):
         self.w_lm, self.w_rec, self.pretraining = 1.0, 1.0, True
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "VLSAModel":
-        """Build every part of ``cfg`` through ``builder.load_component``; new modules are seeded."""
+    def from_config(cls, cfg: Config, zero3: dict | None = None) -> "VLSAModel":
+        """Build every part of ``cfg`` through ``builder.load_component``; new modules are seeded.
+
+        ``zero3``: a ZeRO-3 DeepSpeed config under which every part is partitioned as it is created.
+        """
+        from vlsa.model.zero3 import partitioning
+
         tokenizer = builder.build_model_tokenizer(cfg)
-        vision, llm = builder.build_vision(cfg), builder.build_llm(cfg)
+        vision, llm = builder.build_vision(cfg, zero3), builder.build_llm(cfg, zero3)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model.seed)
-            _fit_vocabulary(llm, tokenizer)
-            d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
-            projector = build_projector(cfg.model.projector, d, D, num_patches=_num_patches(vision.config))
-            recon_head = builder.build_recon_head(cfg, D) if cfg.model.recon.enabled else None
+            with partitioning(zero3):
+                _fit_vocabulary(llm, tokenizer)
+                d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
+                projector = build_projector(cfg.model.projector, d, D, num_patches=_num_patches(vision.config))
+            recon_head = builder.build_recon_head(cfg, D, zero3) if cfg.model.recon.enabled else None
         return cls(cfg, vision, projector, llm, tokenizer, recon_head)
 
     # ------------------------------------------------------------------------------- geometry
@@ -289,9 +295,17 @@ def _num_patches(vision_config) -> int:
 
 
 def _fit_vocabulary(llm, tokenizer) -> None:
-    """Grow the LLM's embeddings to the tokenizer (special tokens were added) and align pad/eos ids."""
+    """Grow the LLM's embeddings to the tokenizer (special tokens were added) and align pad/eos ids.
+
+    transformers draws the new rows around the mean of the old ones; under ZeRO-3 its mean-resizing
+    writes into a partitioned matrix it has not gathered, so there the new rows start from the
+    model's own initialiser (stage-start weights, when a stage has them, overwrite them).
+    """
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer))
+        from vlsa.model.zero3 import is_partitioned
+
+        partitioned = is_partitioned(llm.get_input_embeddings().weight)
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=not partitioned)
     llm.config.pad_token_id = tokenizer.pad_token_id
     if llm.generation_config is not None:
         llm.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from vlsa.config import Config, ConfigError, config_from_dict
+from vlsa.model.zero3 import import_deepspeed  # noqa: F401  (the trainer's DeepSpeed import)
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
@@ -81,23 +82,6 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------------------ setup
-
-
-def import_deepspeed():
-    """DeepSpeed, with its CPU accelerator where there is no GPU (gloo, no op builds).
-
-    On CPU, DeepSpeed's communication layer would JIT-compile a shared-memory all-reduce kernel
-    (a C++ toolchain and about a minute on first use) that only its inference path calls; training
-    goes through ``torch.distributed``, so the kernel is marked unavailable instead of compiled.
-    """
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-
-    if not torch.cuda.is_available():
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    return deepspeed
 
 
 def setup_worker(use_gpu: bool) -> Worker:
@@ -181,15 +165,13 @@ def make_plan(cfg: Config, run: str) -> Plan:
 def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, total_steps: int):
     """(engine, model, optimizer, param group names) of one stage."""
     deepspeed = import_deepspeed()
-    from vlsa.model.builder import build_model
     from vlsa.model.params import apply_stage
     from vlsa.train.deepspeed_config import deepspeed_config
     from vlsa.train.schedule import build_scheduler
 
     stage = cfg.train.stages[stage_index]
-    model = build_model(cfg)
-    if weights:
-        model.load_state_dict(ckpt.load_weights(weights), strict=True)
+    ds_config = deepspeed_config(cfg, stage, worker.world_size, worker.device.type)
+    model = build_stage_model(cfg, ds_config, weights)
     groups = apply_stage(model, stage)
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model)
@@ -197,11 +179,30 @@ def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, to
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups],
                                   weight_decay=stage.weight_decay)
     scheduler = build_scheduler(optimizer, total_steps, stage.warmup_ratio)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, stage, worker.world_size, worker.device.type),
-    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, model, optimizer, [g["name"] for g in groups]
+
+
+def build_stage_model(cfg: Config, ds_config: dict[str, Any], weights: str):
+    """The model a stage starts from: built, then given the ``weights`` checkpoint's values ("" : none).
+
+    Under ZeRO-3 it is partitioned as it is built and each rank reads only its own slices of the
+    stage-start file, so no rank ever holds the whole model; otherwise every rank loads it whole.
+    """
+    from vlsa.model import weights as model_weights
+    from vlsa.model.builder import build_model
+    from vlsa.model.zero3 import is_zero3
+
+    if not is_zero3(ds_config):
+        model = build_model(cfg)
+        if weights:
+            model.load_state_dict(ckpt.load_weights(weights), strict=True)
+        return model
+    model = build_model(cfg, zero3=ds_config)
+    if weights:
+        with ckpt.local_weights(weights, cfg.model.cache_dir) as path:
+            model_weights.load_into(model, [path], strict=True)
+    return model
 
 
 def visual_token_counter(model) -> Callable[[dict], int]:

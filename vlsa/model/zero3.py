@@ -1,0 +1,64 @@
+"""DeepSpeed ZeRO-3 at build time: importing DeepSpeed, and creating modules already partitioned.
+
+Kept in the model layer because building is where partitioning starts: a module created inside
+:func:`partitioning` never exists whole on any rank (each keeps ``1/world`` of every parameter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+
+def import_deepspeed():
+    """DeepSpeed, with its CPU accelerator where there is no GPU (gloo, no op builds).
+
+    On CPU, DeepSpeed's communication layer would JIT-compile a shared-memory all-reduce kernel
+    (a C++ toolchain and about a minute on first use) that only its inference path calls; training
+    goes through ``torch.distributed``, so the kernel is marked unavailable instead of compiled.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return deepspeed
+
+
+def is_zero3(ds_config: dict[str, Any] | None) -> bool:
+    """Whether a DeepSpeed config partitions parameters (ZeRO stage 3)."""
+    return bool(ds_config) and ds_config.get("zero_optimization", {}).get("stage") == 3
+
+
+@contextmanager
+def partitioning(zero3: dict[str, Any] | None) -> Iterator[None]:
+    """Modules created inside are ZeRO-3 partitioned as they are created (a no-op with ``zero3=None``).
+
+    ``HfDeepSpeedConfig`` stays alive for the whole block: transformers holds it by weak reference
+    and, while it lives, builds, resizes and loads its models partitioned itself.
+    """
+    if zero3 is None:
+        yield
+        return
+    if not is_zero3(zero3):
+        raise ValueError(f"partitioning needs a ZeRO stage 3 config, got zero_optimization={zero3.get('zero_optimization')}")
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed = import_deepspeed()
+    hf_config = HfDeepSpeedConfig(zero3)
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=zero3):
+            yield
+    finally:
+        del hf_config
+
+
+def is_partitioned(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a ZeRO-3 parameter (its values live in per-rank partitions)."""
+    return hasattr(param, "ds_tensor")
