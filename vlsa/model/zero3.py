@@ -51,12 +51,24 @@ def partitioning(zero3: dict[str, Any] | None) -> Iterator[None]:
     from transformers.integrations import HfDeepSpeedConfig
 
     deepspeed = import_deepspeed()
+    _join_process_group(deepspeed)
     hf_config = HfDeepSpeedConfig(zero3)
     try:
         with deepspeed.zero.Init(config_dict_or_path=zero3):
             yield
     finally:
         del hf_config
+
+
+def _join_process_group(deepspeed) -> None:
+    """Make DeepSpeed's communication layer use the torch process group (which must exist): zero.Init
+    reads the world size from it to check the config's batch arithmetic and to partition."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("a ZeRO-3 build needs a torch.distributed process group (one per worker)")
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
 
 
 def is_partitioned(param: torch.Tensor) -> bool:
