@@ -101,7 +101,7 @@ def _tiny_dir(init: dict[str, Any], cls: type, *, name: str, cache_dir: str, see
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        _save(_random_instance(cls, init, seed), tmp)
+        _save(random_instance(cls, init, seed), tmp)
         os.replace(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # not a lost race with another worker: a real failure
@@ -129,7 +129,7 @@ def _save(instance: Any, folder: Path) -> None:
     save_model(instance, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _random_instance(cls: type, init: dict[str, Any], seed: int) -> Any:
+def random_instance(cls: type, init: dict[str, Any], seed: int) -> Any:
     """A seeded random instance of ``cls`` from its config keyword arguments."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
