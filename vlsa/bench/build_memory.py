@@ -64,8 +64,14 @@ def world_config(cfg: Config, world: int) -> Config:
 # ------------------------------------------------------------------------------------------ processes
 
 
+def _quiet_stdout() -> None:
+    """Send a child's stdout to stderr: the parent's stdout carries the report (``--json``) alone."""
+    os.dup2(2, 1)
+
+
 def _prepare(rank: int, cfg_dict: dict, folder: str) -> None:
     """Write the stage-start weights of a plain build (and the counts of what the model holds)."""
+    _quiet_stdout()
     from vlsa.model import weights
     from vlsa.model.builder import build_model
     from vlsa.model.params import apply_stage
@@ -87,6 +93,7 @@ def _prepare(rank: int, cfg_dict: dict, folder: str) -> None:
 def _worker(rank: int, world: int, port: int, cfg_dict: dict, checkpoint: str, out: str) -> None:
     import torch.distributed as dist
 
+    _quiet_stdout()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     cfg = config_from_dict(cfg_dict)
