@@ -5,8 +5,9 @@ here; no Ray). Each worker does what a training worker does at a stage start: ``
 trainer (the model built partitioned under ``deepspeed.zero.Init``, the stage-start weights read
 from the previous stage's ``model.safetensors``, each rank its own slices, then
 ``deepspeed.initialize``), then ``STEPS`` optimizer steps of ``train_step`` on a synthetic batch of
-``bench.batch`` samples per worker. Peak resident set (``VmHWM``, the same as ``ru_maxrss``) is read
-after the build and after the steps, so the build's own peak is visible too. The stage-start
+``bench.batch`` samples per worker, with glibc returning large freed blocks (``ALLOCATOR``). Peak
+resident set (``VmHWM``, the same as ``ru_maxrss``) is read after the build and after the steps, so
+the build's own peak is visible too. The stage-start
 weights are written beforehand by one separate process from a plain build (its peak is reported,
 but is no part of the comparison). Goal: with 2 workers each peak is at most 0.65x the 1-worker peak.
 """
@@ -31,6 +32,11 @@ WORLDS = (1, 2)
 STEPS = 2
 """Optimizer steps per worker: the first records ZeRO-3's parameter trace, the second prefetches by it."""
 GOAL = 0.65
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+"""glibc settings of the workers: every block of 1 MiB or more is its own mapping, returned to the system
+when freed. Without it the heap keeps what the build's and the gathers' temporaries once used (full-size
+tensors partitioned right after creation, all-gather buffers), and the resident set shows that instead
+of the memory in use."""
 
 
 def _status_kib(field: str) -> int:
@@ -126,9 +132,19 @@ def _build_and_step(cfg: Config, rank: int, world: int, checkpoint: str) -> dict
 
 
 def _spawn(fn, args: tuple, nprocs: int) -> None:
+    """Run ``fn`` in ``nprocs`` new processes started with ``ALLOCATOR`` in their environment."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=True)
+    saved = {k: os.environ.get(k) for k in ALLOCATOR}
+    os.environ.update(ALLOCATOR)  # read by glibc when each new process starts
+    try:
+        mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -152,7 +168,8 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
                 "batch_per_worker": cfg.bench.batch, "tiles": cfg.bench.tiles, "text_tokens": cfg.bench.text_tokens,
                 "steps": STEPS, "precision": cfg.train.precision, "threads_per_worker": cfg.bench.threads,
                 "zero3_live_parameters": cfg.train.zero3_live_parameters,
-                "zero3_reuse_distance": cfg.train.zero3_reuse_distance, "worlds": list(WORLDS)}
+                "zero3_reuse_distance": cfg.train.zero3_reuse_distance, "worlds": list(WORLDS),
+                "worker_environment": ALLOCATOR}
     return Report("build-memory", metrics, settings, describe(device), _lines(metrics))
 
 
