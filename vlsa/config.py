@@ -430,6 +430,10 @@ class TrainConfig:
     loader_workers: int = 2
     """Data-loader worker processes per training worker (0: load in the training process); the Ray
     Train workers themselves are ``run.num_workers``."""
+    zero3_live_parameters: int = 1_000_000_000
+    """ZeRO-3: most parameter values gathered (whole) at once on a rank (DeepSpeed's stage3_max_live_parameters)."""
+    zero3_reuse_distance: int = 1_000_000_000
+    """ZeRO-3: a gathered parameter stays gathered when used again within this many values (stage3_max_reuse_distance)."""
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -440,6 +444,9 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _check_positive("train.max_consecutive_skips", self.max_consecutive_skips)
         _check_positive("train.keep_checkpoints", self.keep_checkpoints)
+        _check_positive("train.zero3_live_parameters", self.zero3_live_parameters)
+        if self.zero3_reuse_distance < 0:
+            raise ConfigError(f"train.zero3_reuse_distance must be >= 0, got {self.zero3_reuse_distance}")
 
 
 @dataclass

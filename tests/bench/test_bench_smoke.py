@@ -144,3 +144,35 @@ def test_unknown_benchmark_is_refused():
 def test_tiles_over_the_cap_are_refused(capsys, cache_dir):
     with pytest.raises(ValueError, match="bench.tiles=5 exceeds model.encoding.max_tiles=4"):
         main(["step", "--preset", "tiny", "--smoke", "--set", f"model.cache_dir={cache_dir}", "--set", "bench.tiles=5"])
+
+
+def test_suite_writes_every_benchmark_to_one_json(capsys, cache_dir, tmp_path):
+    r = bench_json(capsys, "suite", cache_dir, "--out", str(tmp_path))
+    assert r["settings"]["benchmarks"] == ["step", "mfu", "label", "latency"]
+    for name in ("step", "mfu", "label", "latency"):
+        assert r[name]["benchmark"] == name and positive(r["seconds"][name])
+        assert r[name]["settings"]["preset"] == "tiny" and "machine" not in r[name]
+    s = r["summary"]
+    assert s["step_ratio"] == r["step"]["ratio"] and s["mfu"] == r["mfu"]["mfu"] and positive(s["mfu"])
+    assert (s["step_ratio_goal"], s["mfu_goal"]) == (0.35, 0.45)
+    assert s["memory_gib"] == r["step"]["memory"] and positive(s["memory_gib"]["vlsa"]["resident_gib"])
+    assert s["label_images_per_s"] == r["label"]["images_per_s"] and len(s["latency_ratios"]) == 2
+    assert s["total_seconds"] == pytest.approx(sum(r["seconds"].values()))
+    assert json.loads((tmp_path / "suite-cpu.json").read_text()) == r  # the file is what was printed
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_build_memory(capsys, cache_dir):
+    """Spawns gloo worker processes: a plain build, then 1 and 2 ZeRO-3 workers (tiny's ZeRO-3 stage)."""
+    r = bench_json(capsys, "build-memory", cache_dir)
+    assert set(r["workers"]) == {"1", "2"} and [len(r["workers"][w]) for w in ("1", "2")] == [1, 2]
+    for ranks in r["workers"].values():
+        for w in ranks:
+            assert w["partitioned"] and all(positive(v) for v in w["gib"].values())
+            assert w["gib"]["start"] <= w["gib"]["build_peak"] <= w["gib"]["peak"]
+    one, two = r["workers"]["1"][0], r["workers"]["2"]
+    assert one["held_parameters"] >= r["parameters"] and one["held_parameters"] / 2 <= two[0]["held_parameters"]
+    assert sum(w["held_parameters"] for w in two) < 1.01 * one["held_parameters"]  # split, not copied
+    assert r["ratio"] == pytest.approx(r["peak_gib_2_workers"] / r["peak_gib_1_worker"])
+    assert two[0]["losses"] == two[1]["losses"]  # one model trained by both workers

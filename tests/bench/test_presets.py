@@ -57,3 +57,17 @@ def test_variants_share_sizes_and_differ_in_projector_and_recon():
     assert set(variants.bench_stage(anyres).lr) == {"vision", "projector", "llm"}
     assert vlsa.model.llm == anyres.model.llm and vlsa.model.vision == anyres.model.vision
     assert variants.workload(vlsa) == variants.workload(anyres)
+
+
+def test_gpu_preset_has_the_deepest_llm_whose_step_fits_an_80gb_card():
+    from vlsa.bench import budget
+
+    cfg = load_config("bench_gpu")
+    layers = cfg.model.llm.init["num_hidden_layers"]
+    usable = (1 - budget.HEADROOM) * budget.CARD_80GB
+    fits = budget.step_budget(cfg, vocab_size=1)
+    deeper = budget.step_budget(budget.with_depth(cfg, layers + 1), vocab_size=1)
+    assert fits["peak"] <= usable < deeper["peak"], (layers, fits["peak"], deeper["peak"])
+    # both variants' weights and AdamW states at 6 bytes per trainable parameter, 2 for the frozen VAE
+    params = fits["vlsa_parameters"] + fits["anyres_parameters"]
+    assert 6 * params > fits["vlsa_resident"] + fits["anyres_resident"] > 5.9 * params

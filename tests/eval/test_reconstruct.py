@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vlsa.model import weights
 from vlsa.eval.reconstruct import gaussian_window, image_metrics, main, psnr, reconstruction_grid, ssim
 
 
@@ -69,7 +70,7 @@ def test_reconstruction_grid_of_the_tiny_model(tiny_model, demo):
 def test_cli_writes_grid_and_metrics_from_a_checkpoint(tiny_model, demo, cache_dir, tmp_path, capsys):
     checkpoint = tmp_path / "00_stage1_step00000002"
     checkpoint.mkdir()
-    torch.save(tiny_model.state_dict(), checkpoint / "model.pt")  # what a stage-end checkpoint holds
+    weights.save(tiny_model.state_dict(), checkpoint / "model.safetensors")  # what a stage-end checkpoint holds
     out = tmp_path / "recon"
     code = main(["--checkpoint", str(checkpoint), "--images", str(demo.image_root) + "/eval", "--out", str(out),
                  "--steps", "2", "--limit", "2", f"model.cache_dir={cache_dir}"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlsa.model import weights
 from vlsa.train import checkpoint as ckpt
 
 
@@ -101,8 +102,15 @@ def test_weights_exist_only_at_stage_ends(tmp_path):
         ckpt.load_weights(mid)
     end = tmp_path / "end"
     end.mkdir()
-    torch.save({"w": torch.arange(3.0)}, end / ckpt.WEIGHTS)
-    assert torch.equal(ckpt.load_weights(str(end))["w"], torch.arange(3.0))
+    shared = torch.arange(6.0).view(2, 3)
+    weights.save({"embed": shared, "head": shared, "w": torch.arange(3.0)}, end / ckpt.WEIGHTS)
+    loaded = ckpt.load_weights(str(end))
+    assert torch.equal(loaded["w"], torch.arange(3.0)) and torch.equal(loaded["head"], shared)
+    assert loaded["head"].data_ptr() == loaded["embed"].data_ptr()  # tied weights stay tied
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save({"w": torch.arange(3.0)}, legacy / ckpt.LEGACY_WEIGHTS)  # written before safetensors
+    assert ckpt.has_weights(str(legacy)) and torch.equal(ckpt.load_weights(str(legacy))["w"], torch.arange(3.0))
 
 
 @pytest.mark.integration

@@ -30,7 +30,7 @@ class Regressor(nn.Module):
 
 
 def _engine(zero_stage: int):
-    from vlsa.train.deepspeed_cpu import import_deepspeed
+    from vlsa.model.deepspeed_cpu import import_deepspeed
     from vlsa.train.schedule import build_scheduler
 
     deepspeed = import_deepspeed()

@@ -20,15 +20,17 @@ class ProjectorLoss(nn.Module):
 
     def __init__(self, kind: str) -> None:
         super().__init__()
-        self.projector = build_projector(ProjectorConfig(type=kind, heads=2), 8, 16, num_patches=4)
+        # a 4 px input of 2x2 patches; two tiles in a row (anyres: a 4x8 image fills its 1x2 grid)
+        self.projector = build_projector(ProjectorConfig(type=kind, heads=2), 8, 16, num_patches=4, image_size=4,
+                                         grids=[[1, 2], [2, 1], [2, 2]])
 
     def forward(self, v_lo: torch.Tensor, v_hi: torch.Tensor) -> torch.Tensor:
-        out = self.projector(v_lo, v_hi)
+        out = self.projector(v_lo, v_hi, image_sizes=torch.tensor([[4, 8]] * v_lo.shape[0]))
         return sum(t.square().mean() for t in out.tokens) + out.cue.square().mean() + out.pooled.square().mean()
 
 
 def _zero3_engine(model: nn.Module):
-    from vlsa.train.deepspeed_cpu import import_deepspeed
+    from vlsa.model.deepspeed_cpu import import_deepspeed
 
     config = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}

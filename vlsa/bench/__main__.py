@@ -17,6 +17,8 @@ BENCHMARKS = {
     "label-row": "vlsa.bench.label_row",
     "ray-overhead": "vlsa.bench.ray_overhead",
     "latency": "vlsa.bench.latency",
+    "build-memory": "vlsa.bench.build_memory",
+    "suite": "vlsa.bench.suite",
 }
 
 
@@ -28,7 +30,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--smoke", action="store_true", help="fewest repeats: checks that the benchmark runs")
-    p.add_argument("--out", default="bench_results", help="folder for files a benchmark writes (the latency plot)")
+    p.add_argument("--out", default="bench_results",
+                   help="folder for files a benchmark writes (the latency plot, the suite's JSON)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, repeatable (e.g. bench.batch=8)")
     return p.parse_args(argv)
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     dev.use_threads(cfg.bench.threads)
     report = importlib.import_module(BENCHMARKS[args.name]).run(cfg, device, args.out)
     report.settings["command"] = "python -m vlsa.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    report.save()
     print(report.to_json() if args.json else report.to_text())
     return 0
 

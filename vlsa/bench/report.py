@@ -18,6 +18,8 @@ class Report:
     machine: dict[str, Any]
     lines: list[str] = field(default_factory=list)
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
+    file: str | None = None
+    """Where the JSON is also written (by the command line, once the command is in the settings)."""
 
     def to_json(self) -> str:
         """One JSON object: benchmark, date, the metrics, then settings and machine."""
@@ -26,6 +28,14 @@ class Report:
             raise ValueError(f"{self.benchmark}: metric names {sorted(reserved)} clash with report keys")
         return json.dumps({"benchmark": self.benchmark, "date": self.date, **self.metrics,
                            "settings": self.settings, "machine": self.machine}, indent=2, default=str)
+
+    def save(self) -> None:
+        """Write the JSON to ``file`` (a no-op without one)."""
+        if self.file:
+            from pathlib import Path
+
+            Path(self.file).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.file).write_text(self.to_json() + "\n")
 
     def to_text(self) -> str:
         """The report as printed without ``--json``."""

@@ -34,7 +34,7 @@ from vlsa.io.records import RecordRejected, Turn, USER, read_image_bytes
 from vlsa.model.builder import build_model
 from vlsa.model.export import CONFIG_NAME, load_inference_model
 from vlsa.tokens import IMAGE_TOKEN
-from vlsa.train.checkpoint import WEIGHTS, load_weights
+from vlsa.train.checkpoint import WEIGHTS, has_weights, load_weights
 
 _ANSWER_NAMESPACE = uuid.UUID("6f1c2a4e-3d5b-4f7a-9c8e-1b2d3e4f5a6b")
 
@@ -262,7 +262,7 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
 
     if storage.exists(storage.join(path, CONFIG_NAME)):
         model = load_inference_model(path, cfg.model.cache_dir)
-    elif storage.exists(storage.join(path, WEIGHTS)):
+    elif has_weights(path):
         model = _checkpoint_model(path, cfg)
     else:
         raise FileNotFoundError(f"{path} is neither an exported model (no {CONFIG_NAME}) nor a stage-end training "

@@ -5,7 +5,8 @@ A checkpoint is one folder ``<storage_path>/<run name>/<NN>_<stage>_step<SSSSSSS
 - ``ds/``: the DeepSpeed checkpoint (model, ZeRO optimizer shards of every rank, LR scheduler);
 - ``rng/rank_RRRRR.pt``: each worker's Python, NumPy and torch RNG states;
 - ``trainer_state.json``: stage, step, data position, skip counters (written by rank 0);
-- ``model.pt``: full model weights, only in the checkpoint that ends a stage;
+- ``model.safetensors``: full model weights, only in the checkpoint that ends a stage (read whole, or
+  under ZeRO-3 slice by slice, each rank its own; checkpoints written before held ``model.pt``);
 - ``manifest.json``: every other file with its size, written last, once all of them are stored.
 
 Only folders with a manifest whose files are all present at their sizes count: a checkpoint cut
@@ -17,16 +18,20 @@ from __future__ import annotations
 import json
 import random
 import re
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlsa.io import storage
+from vlsa.model import weights
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
-WEIGHTS = "model.pt"
+WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "model.pt"
 DS_TAG = "ds"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^(\d{2})_(.+)_step(\d{8})$")
@@ -164,18 +169,63 @@ def read_json(uri: str, name: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(storage.join(uri, name)))
 
 
+def _weights_uri(uri: str) -> str:
+    """The stage-end weights file of a checkpoint (``model.safetensors``, or an older ``model.pt``)."""
+    for name in (WEIGHTS, LEGACY_WEIGHTS):
+        path = storage.join(uri, name)
+        if storage.exists(path):
+            return path
+    raise FileNotFoundError(
+        f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights"
+    )
+
+
+def has_weights(uri: str) -> bool:
+    """Whether a checkpoint ends a stage (holds full model weights)."""
+    return any(storage.exists(storage.join(uri, name)) for name in (WEIGHTS, LEGACY_WEIGHTS))
+
+
 def load_weights(uri: str) -> dict[str, Any]:
-    """The full model state dict saved at the end of a stage (``model.pt`` of the checkpoint)."""
+    """The full model state dict saved at the end of a stage."""
     import io
 
     import torch
 
-    path = storage.join(uri, WEIGHTS)
-    if not storage.exists(path):
-        raise FileNotFoundError(
-            f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights"
-        )
-    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    path = _weights_uri(uri)
+    if path.endswith(LEGACY_WEIGHTS):
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    with local_weights(uri, tempfile.gettempdir()) as local:
+        return weights.read(local)
+
+
+@contextmanager
+def local_weights(uri: str, scratch: str | Path) -> Iterator[Path]:
+    """A local path of the checkpoint's ``model.safetensors`` (an ``s3://`` one is downloaded to
+    ``scratch`` for the block's duration), for reading by slices."""
+    path = _weights_uri(uri)
+    if path.endswith(LEGACY_WEIGHTS):
+        raise ValueError(f"checkpoint {uri} holds {LEGACY_WEIGHTS}, which cannot be read by slices; "
+                         f"a ZeRO-3 stage starts from {WEIGHTS}")
+    if not storage.is_s3(path):
+        yield Path(path).expanduser()
+        return
+    Path(scratch).expanduser().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(scratch).expanduser(), prefix="vlsa-weights-") as folder:
+        bucket, key = storage.split_s3(path)
+        local = Path(folder) / WEIGHTS
+        storage.s3_client().download_file(bucket, key, str(local))
+        yield local
+
+
+def save_weights(engine, folder: str | Path, rank: int) -> None:
+    """Write the engine's full model weights to ``folder/model.safetensors`` (collective under ZeRO-3:
+    the partitions are gathered to rank 0 one layer at a time; rank 0 writes the file)."""
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()  # what save_16bit_model writes, as a dict
+    else:
+        state = engine.module.state_dict()
+    if rank == 0:
+        weights.save(state, Path(folder) / WEIGHTS)
 
 
 # ------------------------------------------------------------------------------------------ RNG

@@ -25,14 +25,17 @@ def use_bf16(cfg: Config, device: str) -> bool:
     return cfg.train.precision == "bf16"
 
 
-def zero_section(stage: StageConfig, device: str) -> dict[str, Any]:
-    """The ``zero_optimization`` block of a stage."""
+def zero_section(stage: StageConfig, device: str, cfg: Config | None = None) -> dict[str, Any]:
+    """The ``zero_optimization`` block of a stage (``cfg``: the ZeRO-3 gathering limits of ``train``)."""
     zero: dict[str, Any] = {"stage": stage.zero_stage, "contiguous_gradients": True}
     # Overlapping communication with compute needs a separate stream; CPU has none.
     zero["overlap_comm"] = device.startswith("cuda")
     if stage.zero_stage == 3:
         # Stage ends save full weights (the next stage and the export start from them).
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if cfg is not None:  # DeepSpeed's defaults (1e9 values each) would keep a model below 1e9 gathered
+            zero["stage3_max_live_parameters"] = cfg.train.zero3_live_parameters
+            zero["stage3_max_reuse_distance"] = cfg.train.zero3_reuse_distance
     return zero
 
 
@@ -52,7 +55,7 @@ def deepspeed_config(cfg: Config, stage: StageConfig, world_size: int, device: s
         "train_micro_batch_size_per_gpu": stage.micro_batch,
         "gradient_accumulation_steps": stage.accumulation(world_size),
         "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": zero_section(stage, device),
+        "zero_optimization": zero_section(stage, device, cfg),
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": False},
         "steps_per_print": _STEPS_PER_PRINT,

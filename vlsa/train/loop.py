@@ -26,14 +26,16 @@ from vlsa.data.collate import Collator
 from vlsa.data.ssft import CoverageMeter
 from vlsa.io.grid import side_by_side
 from vlsa.io.tracking import StageTracker
+from vlsa.model import weights as model_weights
 from vlsa.model.builder import build_model, build_model_tokenizer
+from vlsa.model.deepspeed_cpu import import_deepspeed
 from vlsa.model.params import apply_stage
 from vlsa.model.reconstruction import decode_latent
+from vlsa.model.zero3 import is_zero3
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import state as train_state
 from vlsa.train.data import build_stage_data, take
 from vlsa.train.deepspeed_config import deepspeed_config, use_bf16
-from vlsa.train.deepspeed_cpu import import_deepspeed
 from vlsa.train.schedule import build_scheduler
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
 
@@ -179,9 +181,8 @@ def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, to
     deepspeed = import_deepspeed()
 
     stage = cfg.train.stages[stage_index]
-    model = build_model(cfg)
-    if weights:
-        model.load_state_dict(ckpt.load_weights(weights), strict=True)
+    ds_config = deepspeed_config(cfg, stage, worker.world_size, worker.device.type)
+    model = build_stage_model(cfg, ds_config, weights)
     groups = apply_stage(model, stage)
     enable_activation_checkpointing(model, stage.activation_checkpointing)
     if not use_bf16(cfg, worker.device.type):
@@ -190,11 +191,26 @@ def build_engine(cfg: Config, stage_index: int, weights: str, worker: Worker, to
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups],
                                   weight_decay=stage.weight_decay)
     scheduler = build_scheduler(optimizer, total_steps, stage.warmup_ratio)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, stage, worker.world_size, worker.device.type),
-    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, model, optimizer, [g["name"] for g in groups]
+
+
+def build_stage_model(cfg: Config, ds_config: dict[str, Any], weights: str):
+    """The model a stage starts from: built, then given the ``weights`` checkpoint's values ("" : none).
+
+    Under ZeRO-3 it is partitioned as it is built and each rank reads only its own slices of the
+    stage-start file, so no rank ever holds the whole model; otherwise every rank loads it whole.
+    """
+    if not is_zero3(ds_config):
+        model = build_model(cfg)
+        if weights:
+            model.load_state_dict(ckpt.load_weights(weights), strict=True)
+        return model
+    model = build_model(cfg, zero3=ds_config)
+    if weights:
+        with ckpt.local_weights(weights, cfg.model.cache_dir) as path:
+            model_weights.load_into(model, [path], strict=True)
+    return model
 
 
 def visual_token_counter(model) -> Callable[[dict], int]:

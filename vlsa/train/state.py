@@ -69,7 +69,7 @@ def _write_local(engine, folder: str, place: Place, progress: Progress, data_sta
     # Frozen parameters are left out: they come from the stage's starting weights on resume.
     engine.save_checkpoint(folder, tag=ckpt.DS_TAG, save_latest=False, exclude_frozen_parameters=True)
     if final:
-        engine.save_16bit_model(folder, ckpt.WEIGHTS)  # full weights, written by rank 0
+        ckpt.save_weights(engine, folder, rank)  # full weights, written by rank 0
     ckpt.save_rng(folder, rank)
     if rank == 0:
         state = {"stage_index": place.stage_index, "stage": place.stage, "step": place.step,

@@ -1,4 +1,4 @@
-"""The DeepSpeed CPU patch (``vlsa.train.deepspeed_cpu``) holds for the installed DeepSpeed.
+"""The DeepSpeed CPU patch (``vlsa.model.deepspeed_cpu``) holds for the installed DeepSpeed.
 
 The patch writes into DeepSpeed's op table; these tests fail first when DeepSpeed changes, so the
 patch is re-checked before a training run silently compiles the kernel it means to skip.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlsa.train import deepspeed_cpu
+from vlsa.model import deepspeed_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_installed_and_pinned_deepspeed_is_the_one_the_patch_was_checked_against():
     installed = importlib.metadata.version("deepspeed")
     assert installed == deepspeed_cpu.TESTED_DEEPSPEED, (
-        f"DeepSpeed {installed} is installed; vlsa/train/deepspeed_cpu.py was checked against "
+        f"DeepSpeed {installed} is installed; vlsa/model/deepspeed_cpu.py was checked against "
         f"{deepspeed_cpu.TESTED_DEEPSPEED}: re-check the patch, then update TESTED_DEEPSPEED")
     pins = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("deepspeed")]
     assert pins == [f"deepspeed=={deepspeed_cpu.TESTED_DEEPSPEED}"]
