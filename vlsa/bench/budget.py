@@ -24,7 +24,7 @@ import torch
 
 from vlsa.bench import flops, variants
 from vlsa.config import Config, config_from_dict
-from vlsa.model import builder
+from vlsa.model import builder, geometry
 from vlsa.model.epigone import Epigone
 from vlsa.model.projectors import build_projector
 
@@ -87,7 +87,7 @@ def activation_values(dims: flops.ModelDims, work: flops.Workload) -> tuple[floa
     """(values autograd keeps for one step's backward, logits B x T x V) of a variant: the estimate above."""
     v, llm, B, m = dims.vision, dims.llm, work.batch, work.tiles
     kv = llm.kv_heads * llm.head_dim
-    tokens = flops.visual_tokens(dims.projector, v.patches, m) + work.text_tokens
+    tokens = geometry.visual_tokens(dims.projector, v.patches, m) + work.text_tokens
     values = B * tokens * llm.layers * (7 * llm.width + 2 * kv + 4 * llm.ffn)
     values += B * (1 + m) * v.seq * v.layers * (6 * v.width + 2 * v.ffn)
     dd = dims.denoiser

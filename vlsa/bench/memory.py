@@ -98,7 +98,7 @@ def lm_logits(step: TrainStep) -> dict[str, int | bool]:
     model, batch = step.model, step.batch
     keys = ("input_ids", "attention_mask", "image_counts", "pixel_lo", "pixel_hi", "tile_mask", "labels", "ssft_mask")
     with torch.no_grad():
-        spliced, _ = model.prepare_inputs(*(batch[k] for k in keys))
+        spliced, _ = model.prepare_inputs(*(batch[k] for k in keys), image_sizes=batch.get("image_sizes"))
     (B, T), V = spliced.labels.shape, model.language_model.get_output_embeddings().weight.shape[0]
     n = int((spliced.labels[:, 1:] != IGNORE_INDEX).sum())
     chunks = model.config.llm.loss_chunks or REPORT_CHUNKS
