@@ -314,13 +314,30 @@ class StageConfig:
 
     def accumulation(self, world_size: int) -> int:
         """Gradient-accumulation steps so that micro_batch * accumulation * world_size == global_batch."""
+        problem = self.batch_problem(world_size)
+        if problem:
+            raise ConfigError(problem)
+        return self.global_batch // (self.micro_batch * world_size)
+
+    def batch_problem(self, world_size: int) -> str:
+        """Why ``global_batch`` cannot be split over ``world_size`` workers, with the values that would work;
+        empty when it can."""
         per_step = self.micro_batch * world_size
-        if self.global_batch % per_step:
-            raise ConfigError(
-                f"stage {self.name}: global_batch {self.global_batch} is not a multiple of "
-                f"micro_batch {self.micro_batch} x workers {world_size}"
-            )
-        return self.global_batch // per_step
+        if self.global_batch % per_step == 0:
+            return ""
+        micro = _divisors(self.global_batch // world_size) if self.global_batch % world_size == 0 else []
+        workers = _divisors(self.global_batch // self.micro_batch) if self.global_batch % self.micro_batch == 0 else []
+        return (
+            f"stage {self.name}: global_batch {self.global_batch} is not a multiple of micro_batch "
+            f"{self.micro_batch} x workers {world_size} = {per_step}. With {world_size} workers, micro_batch "
+            f"may be {micro or 'nothing (global_batch is not a multiple of the workers)'}; with micro_batch "
+            f"{self.micro_batch}, workers may be {workers or 'nothing'}; or set global_batch to a multiple "
+            f"of {per_step}"
+        )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 @dataclass
@@ -692,6 +709,17 @@ def load_config(preset_or_path: str = "tiny", overrides: Iterable[str] | dict[st
         apply_override(data, key, value)
     data.setdefault("preset", Path(preset_or_path).stem)
     return from_dict(Config, data)
+
+
+def check_batches(cfg: Config, world_size: int | None = None) -> None:
+    """Fail before any worker starts when a stage's global batch cannot be split over ``world_size``
+    (default ``run.num_workers``) workers; the error names every such stage and the values that work."""
+    workers = cfg.run.num_workers if world_size is None else world_size
+    _check_positive("run.num_workers", workers)
+    problems = [p for p in (stage.batch_problem(workers) for stage in cfg.train.stages) if p]
+    if problems:
+        raise ConfigError("batch arithmetic (global_batch = micro_batch x accumulation x workers):\n  "
+                          + "\n  ".join(problems))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vlsa.config import Config, config_from_dict
+from vlsa.config import Config, check_batches, config_from_dict
 from vlsa.io import storage
 from vlsa.train import checkpoint as ckpt
 from vlsa.train import tracking
@@ -87,6 +87,7 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     """Run every stage of ``cfg`` on the current Ray cluster; returns where the results are."""
     from vlsa.train.loop import JobInfo
 
+    check_batches(cfg)  # on the driver, before the MLflow run opens and any worker is placed
     cfg = resolve(cfg)
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     run = ckpt.run_uri(cfg.run.storage_path, cfg.run.name)

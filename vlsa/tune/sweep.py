@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsa.config import Config, ConfigError, flatten
+from vlsa.config import Config, ConfigError, check_batches, flatten
 from vlsa.io import storage
 
 
@@ -64,12 +64,17 @@ def with_demo_data(cfg: Config, folder: str) -> Config:
 
 
 def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
-    """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``."""
+    """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``, or its
+    batches cannot be split over its workers."""
     from tune_spaces.points import sample_points
     from vlsa.tune.trial import apply_point
 
     for point in sample_points(space, samples):
-        apply_point(cfg, point)
+        trial_cfg = apply_point(cfg, point)
+        try:
+            check_batches(trial_cfg)
+        except ConfigError as err:
+            raise ConfigError(f"search-space point {point}: {err}") from err
 
 
 def scheduler(cfg: Config):
