@@ -400,6 +400,8 @@ class RunConfig:
     """One GPU per worker."""
     cpus_per_worker: int = 1
     """Logical CPUs each worker reserves."""
+    accelerator_type: str = ""
+    """GPU kind the workers must run on, as Ray names it (``A100-40G``, ``A100-80G``); empty: any."""
     max_failures: int = 2
     """Worker failures tolerated (restart from the newest complete checkpoint)."""
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
@@ -423,9 +425,17 @@ class LabelConfig:
     """Rows of one output Parquet shard, also one actor call (its decoded images travel together: ~2 MB each at 672 px)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Safe-decoding limits."""
+    min_gpus: int = 0
+    """GPUs the cluster must have before labeling starts; they are requested from the autoscaler and waited
+    for (a cluster scaled to zero has none when the job starts). 0: start with what the cluster has."""
+    wait_timeout_s: float = 1800.0
+    """How long to wait for ``min_gpus`` before failing with the GPUs that did join."""
 
     def __post_init__(self) -> None:
         _check_positive("label.batch_size", self.batch_size)
+        _check_positive("label.wait_timeout_s", self.wait_timeout_s)
+        if self.min_gpus < 0:
+            raise ConfigError(f"label.min_gpus must be >= 0, got {self.min_gpus}")
         _check_positive("label.rows_per_shard", self.rows_per_shard)
         if self.num_actors < 0 or self.gpus_per_actor < 0:
             raise ConfigError(f"label.num_actors and label.gpus_per_actor must be >= 0, got {self.num_actors}, {self.gpus_per_actor}")

@@ -78,7 +78,8 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
         train_fn or train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "job": dataclasses.asdict(job)},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     accelerator_type=cfg.run.accelerator_type or None),
         run_config=run_config,
     )
 
