@@ -45,6 +45,8 @@ class JobSpec:
     source: str
     argv: tuple[str, ...]
     nodes: tuple[NodeGroup, ...]
+    cluster: str = ""
+    """The cluster config the job runs on."""
 
     @property
     def kind(self) -> str:
@@ -98,7 +100,7 @@ def launcher_groups() -> tuple[NodeGroup, ...]:
 def rayjob_specs() -> list[JobSpec]:
     return [
         JobSpec(f"{path.relative_to(ROOT)}", tuple(shlex.split(doc["spec"]["entrypoint"])),
-                kuberay_groups(doc["spec"]["rayClusterSpec"], "replicas"))
+                kuberay_groups(doc["spec"]["rayClusterSpec"], "replicas"), f"{path.relative_to(ROOT)}")
         for path, doc in kuberay_documents() if doc["kind"] == "RayJob"
     ]  # fmt: skip
 
@@ -107,10 +109,9 @@ def readme_specs(text: str | None = None) -> list[JobSpec]:
     """The ``ray job submit ... -- python ray_jobs/X.py --config ...`` commands of the README, each run on the
     cluster its section is about (a heading naming the launcher/AWS or Kubernetes/EKS/KubeRay)."""
     text = README.read_text() if text is None else text
-    clusters = {"launcher": launcher_groups(), "k8s": _raycluster_groups()}
+    clusters = {"launcher": (launcher_groups(), LAUNCHER), "k8s": (_raycluster_groups(), RAYCLUSTER)}
     specs, where, in_code = [], None, False
-    lines = text.replace("\\\n", " ").splitlines()
-    for number, line in enumerate(lines, 1):
+    for number, line in _joined_lines(text):
         if line.startswith("```"):
             in_code = not in_code
         elif not in_code and line.startswith("#"):
@@ -119,8 +120,21 @@ def readme_specs(text: str | None = None) -> list[JobSpec]:
             argv = shlex.split(line.split(" -- ", 1)[1], comments=True)
             if where is None:
                 raise AssertionError(f"README line {number}: a job example outside a launcher or Kubernetes section")
-            specs.append(JobSpec(f"cluster/README.md:{number}", tuple(argv), clusters[where]))
+            nodes, path = clusters[where]
+            specs.append(JobSpec(f"cluster/README.md:{number}", tuple(argv), nodes, f"{path.relative_to(ROOT)}"))
     return specs
+
+
+def _joined_lines(text: str):
+    """(first line number, line) with backslash continuations joined."""
+    pending, start = "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        start = start or number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        yield start, pending + line
+        pending, start = "", 0
 
 
 def _cluster_of_heading(line: str) -> str | None:

@@ -60,3 +60,17 @@ def kuberay_schema(kind: str) -> dict:
 def kuberay_operator() -> dict:
     """How the pinned operator reaches a Ray head: its namespace, pod labels and the dashboard port."""
     return yaml.safe_load((KUBERAY_DATA / "operator.yaml").read_text())
+
+
+def unknown_fields(value, schema: dict, path: str = "") -> list[str]:
+    """Fields of ``value`` that ``schema`` (a structural CRD schema) does not declare: the API server prunes
+    them silently, or rejects them under ``kubectl apply --validate=strict``."""
+    if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        props = schema["properties"]
+        found = [f"{path}.{key}".lstrip(".") for key in value if key not in props]
+        return found + [u for key, v in value.items() if key in props for u in unknown_fields(v, props[key], f"{path}.{key}")]
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return [u for key, v in value.items() for u in unknown_fields(v, schema["additionalProperties"], f"{path}.{key}")]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [u for i, v in enumerate(value) for u in unknown_fields(v, schema["items"], f"{path}.{i}")]
+    return []

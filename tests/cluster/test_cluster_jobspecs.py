@@ -34,7 +34,8 @@ def test_the_job_specs_are_found():
     assert kinds == ["label", "train", "tune"]
     readme = {(s.kind, s.nodes[0].instance_type) for s in readme_specs()}
     assert {"label", "train", "tune"} <= {kind for kind, _ in readme}, "the README walks through every job"
-    assert len({s.nodes for s in readme_specs()}) == 2, "examples for the launcher and for the RayCluster"
+    clusters = {s.cluster for s in readme_specs()}
+    assert clusters == {"cluster/aws/vlsa-a100.yaml", "cluster/k8s/raycluster.yaml"}, clusters
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.source}:{s.kind}")
