@@ -124,6 +124,7 @@ def test_batch_check_names_the_stage_and_the_values_that_would_work():
     assert "micro_batch may be [1, 2, 4]" in message and "workers may be [1, 2, 4, 8]" in message
     assert "stage stage2: global_batch 64" in message and "micro_batch may be [1, 2]" in message
     check_batches(cfg, world_size=8)  # the preset's own world size works
+    check_batches(load_config("tiny", ["run.num_workers=0"]))  # Ray Train's local mode: one process
     check_batches(load_config("llava15_hd_vicuna7b", ["run.num_workers=32", "train.stages.0.micro_batch=4",
                                                       "train.stages.1.micro_batch=2"]))
 

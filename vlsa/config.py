@@ -724,8 +724,9 @@ def load_config(preset_or_path: str = "tiny", overrides: Iterable[str] | dict[st
 def check_batches(cfg: Config, world_size: int | None = None) -> None:
     """Fail before any worker starts when a stage's global batch cannot be split over ``world_size``
     (default ``run.num_workers``) workers; the error names every such stage and the values that work."""
-    workers = cfg.run.num_workers if world_size is None else world_size
-    _check_positive("run.num_workers", workers)
+    # run.num_workers=0 is Ray Train's local mode: the training function runs once, as world size 1.
+    workers = max(1, cfg.run.num_workers) if world_size is None else world_size
+    _check_positive("world_size", workers)
     problems = [p for p in (stage.batch_problem(workers) for stage in cfg.train.stages) if p]
     if problems:
         raise ConfigError("batch arithmetic (global_batch = micro_batch x accumulation x workers):\n  "
