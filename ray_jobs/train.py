@@ -17,7 +17,7 @@ import json
 import logging
 import os
 
-from vlsa.config import load_config
+from vlsa.config import check_batches, load_config
 from vlsa.ray_session import add_num_cpus_argument, ray_session
 
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config, args.overrides) if args.config else None
+    if cfg is not None:  # before Ray starts: a batch that cannot be split fails here, not in every worker
+        check_batches(cfg)
     if cfg is None:  # the embedded default builds tiny models only: never reach for the hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with ray_session(args.num_cpus):

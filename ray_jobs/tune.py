@@ -15,7 +15,7 @@ import shlex
 import sys
 
 from tune_spaces import GRIDS, SPACES, build_space
-from vlsa.config import load_config
+from vlsa.config import check_batches, load_config
 from vlsa.ray_session import add_num_cpus_argument, ray_session
 
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    check_batches(cfg)  # before Ray starts; each point of the space is checked again before any trial
     space = build_space(args.space, cfg, args.only)
     from vlsa.tune.sweep import run_sweep
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from vlsa.config import Config, ConfigError, config_from_dict, flatten, list_presets, load_config
+from vlsa.config import Config, ConfigError, check_batches, config_from_dict, flatten, list_presets, load_config
 
 PAPER_PRESETS = [
     "llava15_hd_vicuna7b",
@@ -142,6 +142,27 @@ def test_accumulation_is_derived_from_the_global_batch():
     assert stage.accumulation(world_size=2) == 4
     with pytest.raises(ConfigError, match="not a multiple"):
         stage.accumulation(world_size=3)
+
+
+def test_batch_check_names_the_stage_and_the_values_that_would_work():
+    cfg = load_config("llava15_hd_vicuna7b", ["run.num_workers=32"])
+    with pytest.raises(ConfigError) as err:
+        check_batches(cfg)
+    message = str(err.value)
+    assert "stage stage1: global_batch 128 is not a multiple of micro_batch 16 x workers 32 = 512" in message
+    assert "micro_batch may be [1, 2, 4]" in message and "workers may be [1, 2, 4, 8]" in message
+    assert "stage stage2: global_batch 64" in message and "micro_batch may be [1, 2]" in message
+    check_batches(cfg, world_size=8)  # the preset's own world size works
+    check_batches(load_config("tiny", ["run.num_workers=0"]))  # Ray Train's local mode: one process
+    check_batches(load_config("llava15_hd_vicuna7b", ["run.num_workers=32", "train.stages.0.micro_batch=4",
+                                                      "train.stages.1.micro_batch=2"]))
+
+
+def test_batch_check_when_the_workers_do_not_divide_the_global_batch():
+    stage = load_config("llava_next_llama3_8b").train.stages[0]
+    problem = stage.batch_problem(3)
+    assert "micro_batch may be nothing" in problem and "multiple of 48" in problem
+    assert stage.batch_problem(4) == ""
 
 
 def test_round_trip_through_a_dict_and_flat_keys():

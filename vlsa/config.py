@@ -398,13 +398,30 @@ class StageConfig:
 
     def accumulation(self, world_size: int) -> int:
         """Gradient-accumulation steps so that micro_batch * accumulation * world_size == global_batch."""
+        problem = self.batch_problem(world_size)
+        if problem:
+            raise ConfigError(problem)
+        return self.global_batch // (self.micro_batch * world_size)
+
+    def batch_problem(self, world_size: int) -> str:
+        """Why ``global_batch`` cannot be split over ``world_size`` workers, with the values that would work;
+        empty when it can."""
         per_step = self.micro_batch * world_size
-        if self.global_batch % per_step:
-            raise ConfigError(
-                f"stage {self.name}: global_batch {self.global_batch} is not a multiple of "
-                f"micro_batch {self.micro_batch} x workers {world_size}"
-            )
-        return self.global_batch // per_step
+        if self.global_batch % per_step == 0:
+            return ""
+        micro = _divisors(self.global_batch // world_size) if self.global_batch % world_size == 0 else []
+        workers = _divisors(self.global_batch // self.micro_batch) if self.global_batch % self.micro_batch == 0 else []
+        return (
+            f"stage {self.name}: global_batch {self.global_batch} is not a multiple of micro_batch "
+            f"{self.micro_batch} x workers {world_size} = {per_step}. With {world_size} workers, micro_batch "
+            f"may be {micro or 'nothing (global_batch is not a multiple of the workers)'}; with micro_batch "
+            f"{self.micro_batch}, workers may be {workers or 'nothing'}; or set global_batch to a multiple "
+            f"of {per_step}"
+        )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 @dataclass
@@ -473,6 +490,8 @@ class RunConfig:
     """One GPU per worker."""
     cpus_per_worker: int = 1
     """Logical CPUs each worker reserves."""
+    accelerator_type: str = ""
+    """GPU kind the workers must run on, as Ray names it (``A100-40G``, ``A100-80G``); empty: any."""
     max_failures: int = 2
     """Worker failures tolerated (restart from the newest complete checkpoint)."""
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
@@ -502,9 +521,17 @@ class LabelConfig:
     """Shards an actor may hold waiting for their upload while it labels the next (0: write in line)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Safe-decoding limits."""
+    min_gpus: int = 0
+    """GPUs the cluster must have before labeling starts; they are requested from the autoscaler and waited
+    for (a cluster scaled to zero has none when the job starts). 0: start with what the cluster has."""
+    wait_timeout_s: float = 1800.0
+    """How long to wait for ``min_gpus`` before failing with the GPUs that did join."""
 
     def __post_init__(self) -> None:
         _check_positive("label.batch_size", self.batch_size)
+        _check_positive("label.wait_timeout_s", self.wait_timeout_s)
+        if self.min_gpus < 0:
+            raise ConfigError(f"label.min_gpus must be >= 0, got {self.min_gpus}")
         _check_positive("label.rows_per_shard", self.rows_per_shard)
         _check_choice("label.precision", self.precision, ("fp32", "bf16"))
         _check_choice("label.vq_precision", self.vq_precision, ("fp32", "bf16"))
@@ -805,6 +832,18 @@ def load_config(preset_or_path: str = "tiny", overrides: Iterable[str] | dict[st
         apply_override(data, key, value)
     data.setdefault("preset", Path(preset_or_path).stem)
     return from_dict(Config, data)
+
+
+def check_batches(cfg: Config, world_size: int | None = None) -> None:
+    """Fail before any worker starts when a stage's global batch cannot be split over ``world_size``
+    (default ``run.num_workers``) workers; the error names every such stage and the values that work."""
+    # run.num_workers=0 is Ray Train's local mode: the training function runs once, as world size 1.
+    workers = max(1, cfg.run.num_workers) if world_size is None else world_size
+    _check_positive("world_size", workers)
+    problems = [p for p in (stage.batch_problem(workers) for stage in cfg.train.stages) if p]
+    if problems:
+        raise ConfigError("batch arithmetic (global_batch = micro_batch x accumulation x workers):\n  "
+                          + "\n  ".join(problems))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 
 def default_num_cpus() -> int:
@@ -44,3 +45,45 @@ def ray_session(num_cpus: int) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def gpus_requested(count: int, timeout_s: float, log: Callable[[str], None] = print, *,
+                   poll_s: float = 10.0) -> Iterator[dict[str, float]]:
+    """Ask the autoscaler for ``count`` GPUs, wait until they have joined, and yield the cluster's resources;
+    the request is withdrawn on exit, so idle nodes can scale down again. ``count`` 0 waits for nothing.
+
+    A job submitted to a cluster scaled to zero starts before any GPU node exists: sizing its work to the
+    resources it sees then would run it on the head's CPUs, or fail."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    if count <= 0:
+        yield ray.cluster_resources()
+        return
+    request_resources(bundles=[{"GPU": 1}] * count)
+    try:
+        yield wait_for_gpus(count, timeout_s, ray.cluster_resources, log, poll_s=poll_s)
+    finally:
+        request_resources(bundles=[])
+
+
+def wait_for_gpus(count: int, timeout_s: float, resources: Callable[[], dict[str, float]],
+                  log: Callable[[str], None] = print, *, poll_s: float = 10.0,
+                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                  ) -> dict[str, float]:
+    """Poll ``resources()`` until it has ``count`` GPUs; raise TimeoutError after ``timeout_s`` seconds."""
+    start = clock()
+    while True:
+        current = resources()
+        have = int(current.get("GPU", 0))
+        if have >= count:
+            return current
+        waited = clock() - start
+        if waited >= timeout_s:
+            raise TimeoutError(
+                f"the cluster has {have} of the {count} GPUs this job needs after waiting {timeout_s:.0f}s for "
+                f"the autoscaler (resources: {current}); check that GPU nodes can start (quota, capacity, node "
+                f"group limits), or lower the GPUs asked for (label.min_gpus) or raise label.wait_timeout_s")
+        log(f"waiting for GPUs: {have} of {count} after {waited:.0f}s (timeout {timeout_s:.0f}s)")
+        sleep(min(poll_s, max(0.0, timeout_s - waited)))

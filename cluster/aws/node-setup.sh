@@ -3,14 +3,18 @@
 #
 # Writes, readable by the node user only:
 #   ~/.ray/auth_token  the Ray cluster token (the default path Ray reads when RAY_AUTH_MODE=token)
-#   ~/.vlsa/env        variables every Ray process inherits from `ray start`: MLflow client settings and,
-#                      on EFA nodes, the NCCL / libfabric settings for A100 multi-node training.
+#   ~/.vlsa/env        variables every Ray process inherits from `ray start`: MLflow client settings, the
+#                      Hugging Face token and cache, scratch paths and, on EFA nodes, the NCCL / libfabric
+#                      settings for A100 multi-node training.
+# and puts /scratch on the NVMe instance store (8x 1 TB on p4d/p4de; the root volume on the head): model
+# downloads, the Hugging Face cache and checkpoints being written before their upload to S3 go there.
 # Secrets come from AWS Secrets Manager through the instance role; none is passed on a command line.
 set -euo pipefail
 umask 077
 
 RAY_TOKEN_SECRET="${VLSA_RAY_TOKEN_SECRET:-vlsa/ray-auth-token}"
 MLFLOW_SECRET="${VLSA_MLFLOW_SECRET:-vlsa/mlflow-client}"
+HF_SECRET="${VLSA_HF_SECRET:-vlsa/hf-token}"  # optional: needed for gated checkpoints (SD3-medium)
 
 # The region of this instance, through IMDSv2 (the launcher config requires session tokens).
 imds_token=$(curl -sS -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 60")
@@ -31,10 +35,35 @@ for key, value in json.load(sys.stdin).items():
         print(f"{key}={shlex.quote(str(value))}")
 ' > ~/.vlsa/env
 
+if hf_token=$(secret "${HF_SECRET}" 2>/dev/null); then
+  printf 'HF_TOKEN=%q\n' "${hf_token}" >> ~/.vlsa/env
+fi
+
+# Scratch on the NVMe instance store. The Deep Learning AMIs mount it (RAID0) at /opt/dlami/nvme; otherwise
+# the instance-store devices are striped here. A node without instance store (the head) uses its root volume.
+scratch_root=/opt/dlami/nvme
+if ! mountpoint -q "${scratch_root}"; then
+  mapfile -t disks < <(lsblk -dpno NAME,MODEL | awk '/Amazon EC2 NVMe Instance Storage/ {print $1}')
+  if [ "${#disks[@]}" -gt 0 ]; then
+    sudo mdadm --create /dev/md/vlsa-scratch --run --level=0 --raid-devices="${#disks[@]}" "${disks[@]}"
+    sudo mkfs.xfs -f /dev/md/vlsa-scratch
+    sudo mkdir -p "${scratch_root}" && sudo mount /dev/md/vlsa-scratch "${scratch_root}"
+  else
+    scratch_root="$HOME/scratch-root" && mkdir -p "${scratch_root}"
+  fi
+fi
+sudo mkdir -p "${scratch_root}/vlsa" && sudo chown "$(id -u):$(id -g)" "${scratch_root}/vlsa"
+sudo ln -sfn "${scratch_root}/vlsa" /scratch
+mkdir -p /scratch/tmp /scratch/huggingface /scratch/vlsa-cache /scratch/triton ~/.cache
+ln -sfn /scratch/vlsa-cache ~/.cache/vlsa  # model.cache_dir's default, ~/.cache/vlsa
+
 cat >> ~/.vlsa/env <<'EOF'
 PATH="$HOME/venv/bin:$PATH"
 TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 NCCL_DEBUG=WARN
+HF_HOME=/scratch/huggingface
+TRITON_CACHE_DIR=/scratch/triton
+TMPDIR=/scratch/tmp
 EOF
 
 # p4d.24xlarge: NCCL over EFA through the aws-ofi-nccl plugin, with GPUDirect RDMA. Bootstrap traffic stays

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -11,6 +12,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 KUBERAY_KINDS = {"RayCluster", "RayJob", "RayService"}
+KUBERAY_RELEASE = "v1.7.0"
+KUBERAY_DATA = Path(__file__).parent / "data" / f"kuberay-{KUBERAY_RELEASE}"
 
 
 def ray_schema_path() -> Path:
@@ -45,3 +48,29 @@ def kuberay_documents() -> list[tuple[Path, dict]]:
 
 def ray_schema() -> dict:
     return json.loads(ray_schema_path().read_text())
+
+
+def kuberay_schema(kind: str) -> dict:
+    """The ``ray.io/v1`` OpenAPI schema of a KubeRay kind, from the CRDs of the pinned release (vendored)."""
+    plural = {"RayJob": "rayjobs", "RayCluster": "rayclusters"}[kind]
+    with gzip.open(KUBERAY_DATA / f"{plural}.v1.schema.json.gz", "rt") as handle:
+        return json.load(handle)
+
+
+def kuberay_operator() -> dict:
+    """How the pinned operator reaches a Ray head: its namespace, pod labels and the dashboard port."""
+    return yaml.safe_load((KUBERAY_DATA / "operator.yaml").read_text())
+
+
+def unknown_fields(value, schema: dict, path: str = "") -> list[str]:
+    """Fields of ``value`` that ``schema`` (a structural CRD schema) does not declare: the API server prunes
+    them silently, or rejects them under ``kubectl apply --validate=strict``."""
+    if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        props = schema["properties"]
+        found = [f"{path}.{key}".lstrip(".") for key in value if key not in props]
+        return found + [u for key, v in value.items() if key in props for u in unknown_fields(v, props[key], f"{path}.{key}")]
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return [u for key, v in value.items() for u in unknown_fields(v, schema["additionalProperties"], f"{path}.{key}")]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [u for i, v in enumerate(value) for u in unknown_fields(v, schema["items"], f"{path}.{i}")]
+    return []

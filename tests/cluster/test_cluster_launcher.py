@@ -41,17 +41,19 @@ def test_the_schema_rejects_a_broken_config():
         jsonschema.validate(broken, ray_schema())
 
 
-def test_head_is_cpu_only_and_workers_are_p4d_with_bounds():
+def test_head_is_cpu_only_and_workers_are_p4d_and_p4de_with_bounds():
     config = _load()
     nodes = config["available_node_types"]
     head = nodes[config["head_node_type"]]
     assert head["resources"] == {"CPU": 0}
     assert not head["node_config"]["InstanceType"].startswith(("p", "g"))
     workers = {name: node for name, node in nodes.items() if name != config["head_node_type"]}
-    assert [node["node_config"]["InstanceType"] for node in workers.values()] == ["p4d.24xlarge"]
+    kinds = {node["node_config"]["InstanceType"]: node["resources"] for node in workers.values()}
+    assert kinds == {"p4d.24xlarge": {"accelerator_type:A100-40G": 1}, "p4de.24xlarge": {"accelerator_type:A100-80G": 1}}
     for node in workers.values():
-        assert 0 <= node["min_workers"] <= node["max_workers"] <= config["max_workers"]
+        assert 0 == node["min_workers"] <= node["max_workers"] <= config["max_workers"]  # both scale from zero
         assert [i["InterfaceType"] for i in node["node_config"]["NetworkInterfaces"]] == ["efa"] * 4
+    assert sum(node["max_workers"] for node in workers.values()) == config["max_workers"]
 
 
 def test_nodes_use_instance_profiles_imdsv2_and_no_keys():
@@ -66,9 +68,27 @@ def test_nodes_use_instance_profiles_imdsv2_and_no_keys():
 def test_setup_installs_requirements_and_runs_the_node_setup():
     config = _load()
     assert config["file_mounts"]["~/vlsa"] == "."
-    setup = " ".join(config["setup_commands"])
-    assert "pip install --quiet -r ~/vlsa/requirements.txt" in setup
-    assert "bash ~/vlsa/cluster/aws/node-setup.sh" in setup
+    setup = config["setup_commands"]
+    steps = [next(i for i, c in enumerate(setup) if text in c) for text in (
+        "sys.version_info", "python3 -m venv ~/venv", "bash ~/vlsa/cluster/aws/node-setup.sh",
+        "pip install --quiet -r ~/vlsa/requirements.txt")]  # fmt: skip
+    assert steps == sorted(steps), "check Python, make the venv (node-setup uses it), set up, install"
+
+
+def test_setup_checks_python_and_the_driver_the_pinned_wheels_need():
+    setup = "\n".join(_load()["setup_commands"])
+    assert "assert v >= (3, 11)" in setup
+    assert "driver_version" in setup and "-ge 580" in setup
+    # The same floor as the package metadata.
+    assert 'requires-python = ">=3.11"' in (CLUSTER.parent / "pyproject.toml").read_text()
+
+
+def test_node_setup_puts_scratch_on_nvme_and_hf_settings_in_the_environment():
+    script = (CLUSTER / "aws" / "node-setup.sh").read_text()
+    assert "Amazon EC2 NVMe Instance Storage" in script and "/opt/dlami/nvme" in script
+    for line in ["HF_HOME=/scratch/huggingface", "TMPDIR=/scratch/tmp", "ln -sfn /scratch/vlsa-cache ~/.cache/vlsa"]:
+        assert line in script
+    assert 'HF_SECRET="${VLSA_HF_SECRET:-vlsa/hf-token}"' in script and "HF_TOKEN=%q" in script
 
 
 def test_node_setup_writes_nccl_efa_settings_and_fetches_secrets_through_the_role():

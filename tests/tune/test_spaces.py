@@ -82,3 +82,19 @@ def test_a_misspelled_path_fails_validation_before_any_trial():
     with pytest.raises(ConfigError, match="train.stages.7"):
         check_space(cfg, {"train.stages.7.w_rec": 0.5})
     check_space(cfg, build_space("tab4", cfg))  # the grids themselves pass
+
+
+def test_a_sweep_over_loss_weights_is_not_ranked_on_the_weighted_loss():
+    cfg = load_config("tiny")
+    for name in ("loss_ratio", "loss_ratio_continuous"):
+        with pytest.raises(ConfigError, match=r"tune.metric='loss' .*train.stages.0.w_lm, train.stages.0.w_rec"):
+            check_space(cfg, build_space(name, cfg))
+    check_space(load_config("tiny", ["tune.metric=loss_lm"]), build_space("loss_ratio", cfg))
+    check_space(cfg, build_space("lr", cfg))  # learning rates leave the loss's definition alone
+
+
+def test_a_point_whose_batch_cannot_be_split_fails_before_any_trial():
+    cfg = load_config("tiny")
+    stage = cfg.train.stages[0]
+    with pytest.raises(ConfigError, match=rf"(?s)search-space point .*stage {stage.name}: global_batch"):
+        check_space(cfg, {"run.num_workers": stage.global_batch + 1})

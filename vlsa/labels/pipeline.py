@@ -28,6 +28,7 @@ from vlsa.labels.shards import (
     write_manifest,
 )
 from vlsa.labels.worker import ShardLabeler, decode_batch
+from vlsa.ray_session import gpus_requested
 
 logger = logging.getLogger("vlsa.labels")
 
@@ -123,16 +124,14 @@ def _dataset(cfg: Config, shards: list[list[Item]], pending: list[int], image_ro
 def _run_ray(cfg: Config, shards: list[list[Item]], pending: list[int], image_root: str, output: str,
              log: Callable[[str], None]) -> progress_lib.Progress:
     """Label the ``pending`` shards on the current Ray instance, reporting each as it finishes."""
-    import ray
-
-    resources = ray.cluster_resources()
-    plan = plan_pool(resources, cfg.label, len(pending))
-    log(f"labeling {len(pending)} of {len(shards)} shards with {plan.actors} actor(s) "
-        f"({plan.actor_gpus or 0} GPU, {plan.actor_cpus} CPU each), read tasks {plan.read_cpus} CPU each")
-    ds = _dataset(cfg, shards, pending, image_root, output, plan, resources)
-    tracker = progress_lib.Progress(len(shards), len(pending), plan.actors, log)
-    for summary in ds.iter_rows():
-        tracker.shard_done(summary)
+    with gpus_requested(cfg.label.min_gpus, cfg.label.wait_timeout_s, log) as resources:
+        plan = plan_pool(resources, cfg.label, len(pending))
+        log(f"labeling {len(pending)} of {len(shards)} shards with {plan.actors} actor(s) "
+            f"({plan.actor_gpus or 0} GPU, {plan.actor_cpus} CPU each), read tasks {plan.read_cpus} CPU each")
+        ds = _dataset(cfg, shards, pending, image_root, output, plan, resources)
+        tracker = progress_lib.Progress(len(shards), len(pending), plan.actors, log)
+        for summary in ds.iter_rows():
+            tracker.shard_done(summary)
     return tracker
 
 

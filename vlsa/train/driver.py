@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vlsa.config import Config
+from vlsa.config import Config, check_batches
 from vlsa.io import storage, tracking
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.loop import JobInfo, train_worker
@@ -74,13 +74,15 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
         train_fn or train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "job": dataclasses.asdict(job)},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     accelerator_type=cfg.run.accelerator_type or None),
         run_config=run_config,
     )
 
 
 def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     """Run every stage of ``cfg`` on the current Ray cluster; returns where the results are."""
+    check_batches(cfg)  # on the driver, before the MLflow run opens and any worker is placed
     cfg = resolve(cfg)
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     run = ckpt.run_uri(cfg.run.storage_path, cfg.run.name)

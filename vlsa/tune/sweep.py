@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsa.config import Config, ConfigError, flatten
+from vlsa.config import Config, ConfigError, check_batches, flatten
 from vlsa.data.demo import generate_demo
 from vlsa.io import storage, tracking
 from vlsa.io.tracking import tracking_uri
@@ -66,10 +66,33 @@ def with_demo_data(cfg: Config, folder: str) -> Config:
     return cfg.with_overrides(overrides)
 
 
+LOSS_WEIGHTS = (".w_lm", ".w_rec", "model.vdep.alpha")
+"""Config paths (suffixes) that weigh the parts of the total ``loss``."""
+
+
+def metric_problem(cfg: Config, space: dict[str, Any]) -> str:
+    """Why ``tune.metric`` cannot rank the trials of ``space`` (empty when it can): the weighted total
+    ``loss`` moves with the weights themselves, so a space over them must compare a part or a score."""
+    weights = sorted(key for key in space if key.endswith(LOSS_WEIGHTS))
+    if cfg.tune.metric != "loss" or not weights:
+        return ""
+    return (f"tune.metric='loss' is the weighted sum of the loss parts, and this space changes their weights "
+            f"({', '.join(weights)}): trials would be ranked by their weights; sweep on tune.metric=loss_lm, "
+            f"or a held-out score (tune.metric=eval_accuracy tune.mode=max)")
+
+
 def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
-    """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``."""
+    """Fail before any trial starts when a point of ``space`` is not a valid config over ``cfg``, its
+    batches cannot be split over its workers, or the sweep's metric cannot compare its points."""
+    problem = metric_problem(cfg, space)
+    if problem:
+        raise ConfigError(problem)
     for point in sample_points(space, samples):
-        apply_point(cfg, point)
+        trial_cfg = apply_point(cfg, point)
+        try:
+            check_batches(trial_cfg)
+        except ConfigError as err:
+            raise ConfigError(f"search-space point {point}: {err}") from err
 
 
 def scheduler(cfg: Config):
