@@ -385,8 +385,18 @@ class RunConfig:
     """Logical CPUs each worker reserves."""
     max_failures: int = 2
     """Worker failures tolerated (restart from the newest complete checkpoint)."""
+    scratch_dir: str = ""
+    """Local folder for checkpoint writes and restores on every node (local NVMe on a cluster);
+    empty: ``vlsa-scratch`` in the system temp folder. The workers of one node share it."""
+    start_timeout_s: float = 600.0
+    """Seconds a (re)start waits for the workers' resources (a lost node that does not come back);
+    then the run stops with an error naming what is missing and how to resume."""
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     """Experiment tracking."""
+
+    def __post_init__(self) -> None:
+        if not self.start_timeout_s > 0:
+            raise ConfigError(f"run.start_timeout_s must be > 0, got {self.start_timeout_s}")
 
 
 # ------------------------------------------------------------------------------------- label/eval

@@ -22,7 +22,7 @@ def _fake_checkpoint(run: Path, stage_index: int, stage: str, step: int, *, fina
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
     if manifest:
-        ckpt.write_manifest(str(folder), {rel: len(data) for rel, data in files.items()},
+        ckpt.write_manifest(str(folder), ckpt.describe_files(folder),
                             {"stage_index": stage_index, "stage": stage, "step": step, "final": final})
     return str(folder)
 
@@ -60,7 +60,8 @@ def test_manifest_is_refused_until_every_file_is_stored(tmp_path):
     (folder / "ds/a.pt").write_bytes(b"12345")
     with pytest.raises(RuntimeError, match=r"1 files missing or of another size.*'ds/b.pt': \(3, None\)"):
         meta = {"stage_index": 0, "stage": "stage1", "step": 1, "final": False}
-        ckpt.write_manifest(str(folder), {"ds/a.pt": 5, "ds/b.pt": 3}, meta)
+        ckpt.write_manifest(str(folder), {"ds/a.pt": {"size": 5, "sha256": ""}, "ds/b.pt": {"size": 3, "sha256": ""}},
+                            meta)
     assert not (folder / ckpt.MANIFEST).exists()
 
 
@@ -101,8 +102,15 @@ def test_weights_exist_only_at_stage_ends(tmp_path):
         ckpt.load_weights(mid)
     end = tmp_path / "end"
     end.mkdir()
-    torch.save({"w": torch.arange(3.0)}, end / ckpt.WEIGHTS)
-    assert torch.equal(ckpt.load_weights(str(end))["w"], torch.arange(3.0))
+    tied = torch.arange(6.0)
+    ckpt.save_weights({"w": tied[:3], "v": tied[3:], "same": tied[:3]}, end / ckpt.WEIGHTS)  # views of one buffer
+    assert (end / ckpt.WEIGHTS).read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    loaded = ckpt.load_weights(str(end))
+    assert torch.equal(loaded["w"], torch.arange(3.0)) and torch.equal(loaded["v"], torch.arange(3.0, 6.0))
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save({"w": torch.arange(3.0)}, legacy / ckpt.LEGACY_WEIGHTS)  # an older run's stage end
+    assert torch.equal(ckpt.load_weights(str(legacy))["w"], torch.arange(3.0))
 
 
 @pytest.mark.integration

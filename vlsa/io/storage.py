@@ -7,6 +7,7 @@ endpoint (a MinIO, or moto in tests) is selected with the standard ``AWS_ENDPOIN
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -36,6 +37,16 @@ def s3_client():
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint_url())
+
+
+@functools.lru_cache(maxsize=4)
+def _client_for(pid: int, endpoint: str | None, key_id: str | None):
+    return s3_client()
+
+
+def shared_s3_client():
+    """One S3 client per process (per endpoint and key id), for threads that transfer in parallel."""
+    return _client_for(os.getpid(), endpoint_url(), os.environ.get("AWS_ACCESS_KEY_ID"))
 
 
 def pyarrow_filesystem(uri: str):
@@ -104,18 +115,25 @@ def list_files(uri: str) -> Iterator[str]:
         yield from (str(p) for p in sorted(root.rglob("*")) if p.is_file())
 
 
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local folder to a folder or ``s3://`` prefix (files in sorted order)."""
+def upload_dir(local_dir: str | Path, uri: str, threads: int = 8) -> None:
+    """Copy a local folder to a folder or ``s3://`` prefix, ``threads`` files at a time (one client)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     local_dir = Path(local_dir)
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+    paths = sorted(p for p in local_dir.rglob("*") if p.is_file())
+
+    def copy(path: Path) -> None:
         rel = path.relative_to(local_dir).as_posix()
         if is_s3(uri):
             bucket, key = split_s3(join(uri, rel))
-            s3_client().upload_file(str(path), bucket, key)
+            shared_s3_client().upload_file(str(path), bucket, key)
         else:
             target = Path(join(uri, rel))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        list(pool.map(copy, paths))
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
