@@ -93,10 +93,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def describe_files(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"size", "sha256"}}`` of every file below a local folder."""
+    """``{relative path: {"size", "sha256"}}`` of every file below a local folder but a manifest."""
     root = Path(folder)
     return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != MANIFEST}
 
 
 def write_manifest(uri: str, expected: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
