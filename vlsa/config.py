@@ -386,8 +386,8 @@ class RunConfig:
     max_failures: int = 2
     """Worker failures tolerated (restart from the newest complete checkpoint)."""
     scratch_dir: str = ""
-    """Local folder for checkpoint writes and restores on every node (local NVMe on a cluster);
-    empty: ``vlsa-scratch`` in the system temp folder. The workers of one node share it."""
+    """Local folder for checkpoint writes and restores on every node (local NVMe on a cluster); empty: the
+    node's ``VLSA_SCRATCH_DIR``, else ``vlsa-scratch`` in the system temp folder. A node's workers share it."""
     start_timeout_s: float = 600.0
     """Seconds a (re)start waits for the workers' resources (a lost node that does not come back);
     then the run stops with an error naming what is missing and how to resume."""

@@ -85,7 +85,8 @@ def unsafe_deepspeed_loads(source: str) -> list[int]:
         node.lineno
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load_checkpoint"
-        and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "safe_load") and id(node) not in guarded
+        and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "safe_load")
+        and id(node) not in guarded
     ]
 
 

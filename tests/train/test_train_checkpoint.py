@@ -180,3 +180,15 @@ def test_resuming_a_stage_with_another_number_of_workers_is_refused_before_any_w
     with pytest.raises(ConfigError, match=expected):
         train(cfg)
     assert not (tmp_path / "mlflow.db").exists()  # refused before the MLflow run was opened
+
+
+def test_a_ray_snapshot_naming_checkpoints_from_an_older_version_is_dropped(tmp_path):
+    from vlsa.train.driver import RAY_SNAPSHOT, forget_ray_checkpoints
+
+    assert not forget_ray_checkpoints(str(tmp_path))
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [], "latest_checkpoint_result": None,
+                                                     "current_report_index": 7}))
+    assert not forget_ray_checkpoints(str(tmp_path)) and (tmp_path / RAY_SNAPSHOT).exists()  # names none: kept
+    old = {"checkpoint_results": [{"checkpoint_dir_name": "00_stage1_step00000001"}], "current_report_index": 2}
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps(old))
+    assert forget_ray_checkpoints(str(tmp_path)) and not (tmp_path / RAY_SNAPSHOT).exists()

@@ -63,7 +63,8 @@ def test_two_workers_zero2_then_zero3_learn(reference, tracking_uri):
     stage1 = ckpt.read_json(ckpt.list_complete(outcome.run)[2].uri, ckpt.MANIFEST)["files"]
     stage2 = ckpt.read_json(outcome.final_checkpoint, ckpt.MANIFEST)["files"]
     # ZeRO-2: one model file, optimizer state split over both workers; ZeRO-3: the weights are split too.
-    assert {"ds/mp_rank_00_model_states.pt", "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt", ckpt.WEIGHTS} <= set(stage1)
+    assert {"ds/mp_rank_00_model_states.pt", "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            ckpt.WEIGHTS} <= set(stage1)
     assert {"ds/zero_pp_rank_1_mp_rank_00_model_states.pt", "rng/rank_00001.pt", ckpt.WEIGHTS} <= set(stage2)
     for stage in ("stage1", "stage2"):
         loss_lm = losses[stage]["loss_lm"]

@@ -255,11 +255,11 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
     from vlsa.model.export import CONFIG_NAME, load_inference_model
 
     cfg = cfg or load_config("tiny")
-    from vlsa.train.checkpoint import WEIGHTS
+    from vlsa.train.checkpoint import WEIGHTS, weights_file
 
     if storage.exists(storage.join(path, CONFIG_NAME)):
         model = load_inference_model(path, cfg.model.cache_dir)
-    elif storage.exists(storage.join(path, WEIGHTS)):
+    elif weights_file(path) is not None:
         model = _checkpoint_model(path, cfg)
     else:
         raise FileNotFoundError(f"{path} is neither an exported model (no {CONFIG_NAME}) nor a stage-end training "

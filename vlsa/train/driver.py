@@ -38,6 +38,7 @@ FORWARDED_ENV = (
 )
 # Ray Train's controller reads this when it starts a worker group (Ray forwards it from the driver).
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints, in the run folder
 
 
 class ResourcesUnavailableError(RuntimeError):
@@ -121,6 +122,26 @@ def check_resume(cfg: Config, run: str) -> ckpt.CheckpointInfo | None:
     return latest
 
 
+def forget_ray_checkpoints(run: str) -> bool:
+    """Delete Ray Train's run snapshot when it names checkpoints (runs saved by older versions of this
+    project reported them); ours are found from the manifests, and a snapshot naming a pruned folder
+    makes Ray refuse the run directory. Returns whether it was deleted."""
+    import json
+
+    path = storage.join(run, RAY_SNAPSHOT)
+    if not storage.exists(path):
+        return False
+    snapshot = json.loads(storage.read_bytes(path))
+    if not (snapshot.get("checkpoint_results") or snapshot.get("latest_checkpoint_result")):
+        return False
+    filesystem, fs_path = storage.pyarrow_filesystem(path)
+    if filesystem is None:
+        Path(fs_path).unlink()
+    else:
+        filesystem.delete_file(fs_path)
+    return True
+
+
 def resume_command(cfg: Config) -> str:
     """The command that continues this run (the current one when it is ``ray_jobs/train.py``)."""
     if sys.argv and sys.argv[0].endswith("train.py"):
@@ -199,6 +220,7 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
         if done:
             print(f"[vlsa] every stage of run {run} is already complete", flush=True)
         else:
+            forget_ray_checkpoints(run)
             fit(cfg, job, train_fn)
         final = ckpt.latest_complete(run)
         last = len(cfg.train.stages) - 1

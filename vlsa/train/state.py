@@ -18,6 +18,7 @@ unbroken. DeepSpeed files are read with ``weights_only=True`` (:mod:`vlsa.train.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -60,9 +61,15 @@ class Place:
         return storage.join(self.run, ckpt.checkpoint_name(self.stage_index, self.stage, self.step))
 
 
+SCRATCH_ENV = "VLSA_SCRATCH_DIR"
+"""A node's own scratch folder, when the cluster files set it (``run.scratch_dir`` takes precedence)."""
+
+
 def scratch_root(scratch_dir: str) -> Path:
-    """This machine's scratch folder (``run.scratch_dir``, or the system temp folder), private to the user."""
-    root = Path(scratch_dir).expanduser() if scratch_dir else Path(tempfile.gettempdir()) / "vlsa-scratch"
+    """This machine's scratch folder (``run.scratch_dir``, else ``$VLSA_SCRATCH_DIR``, else the system temp
+    folder), private to the user."""
+    chosen = scratch_dir or os.environ.get(SCRATCH_ENV, "")
+    root = Path(chosen).expanduser() if chosen else Path(tempfile.gettempdir()) / "vlsa-scratch"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return root
 
@@ -126,6 +133,7 @@ class Saver:
         self._thread.start()
         if final:
             self.wait()
+            _barrier()  # rank 0's wait ends with the manifest: past this, every worker may read the weights
         _report(metrics)
         return place.uri
 
@@ -153,6 +161,13 @@ class Saver:
                 ckpt.prune(place.run, keep)
         except BaseException as error:  # surfaced by wait() in the training thread
             self._error = error
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def _part_name(rank: int) -> str:
