@@ -144,3 +144,34 @@ def test_workers_of_a_node_download_each_file_once(s3_server, process_group, tmp
     with pytest.raises(restore.CheckpointIntegrityError, match="rng/rank_00000.pt"):
         restore.fetch(uri, manifest, 0, tmp_path / "scratch2")
     assert not list((tmp_path / "scratch2").rglob("rank_00000.pt*"))
+
+
+def test_a_save_returns_before_its_upload_and_counts_only_once_complete(process_group, tmp_path, monkeypatch):
+    from vlsa.train import state
+    from vlsa.train.step import SkipGuard
+
+    real_upload, gate, uploading = state.storage.upload_dir, threading.Event(), threading.Event()
+
+    def gated_upload(folder, uri, *args, **kwargs):  # the real upload, held until the test lets it go
+        uploading.set()
+        assert gate.wait(timeout=600)
+        real_upload(folder, uri, *args, **kwargs)
+
+    monkeypatch.setattr(state.storage, "upload_dir", gated_upload)
+    reported: list[dict] = []
+    monkeypatch.setattr(state, "_report", reported.append)
+    engine = _engine(2)
+    saver = state.Saver(tmp_path / "scratch", rank=0, world_size=1)
+    run = tmp_path / "run"
+    place = state.Place(str(run), 0, "stage1", 1)
+    uri = saver.save(engine, place, state.Progress(1, SkipGuard(3)), {"epoch": 0}, final=False, keep=2,
+                     metrics={"step": 1.0})
+    assert uploading.wait(timeout=600) and reported == [{"step": 1.0}]  # training goes on during the upload
+    assert ckpt.list_complete(str(run)) == []  # nothing counts before the manifest
+    gate.set()
+    saver.wait()
+    (info,) = ckpt.list_complete(str(run))
+    manifest = ckpt.read_json(uri, ckpt.MANIFEST)
+    assert info.uri == uri and manifest["world_size"] == 1 and "rng/rank_00000.pt" in manifest["files"]
+    assert all(ckpt.sha256_file(Path(uri, n)) == f["sha256"] for n, f in manifest["files"].items())
+    assert not list((tmp_path / "scratch" / "save").iterdir())  # the local copy is gone once uploaded
