@@ -389,8 +389,8 @@ class RunConfig:
     """Local folder for checkpoint writes and restores on every node (local NVMe on a cluster); empty: the
     node's ``VLSA_SCRATCH_DIR``, else ``vlsa-scratch`` in the system temp folder. A node's workers share it."""
     start_timeout_s: float = 600.0
-    """Seconds a (re)start waits for the workers' resources (a lost node that does not come back);
-    then the run stops with an error naming what is missing and how to resume."""
+    """Seconds a (re)start of the workers waits for their resources (a lost node that does not come
+    back); after three such tries the run stops with an error naming what is missing and how to resume."""
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     """Experiment tracking."""
 

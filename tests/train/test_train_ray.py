@@ -200,6 +200,6 @@ def test_a_run_without_its_resources_stops_with_what_is_missing_and_the_resume_c
     with pytest.raises(ResourcesUnavailableError) as failure:
         train(cfg)
     message = str(failure.value)
-    assert "not available within run.start_timeout_s=5 s" in message
+    assert "not available within run.start_timeout_s=5 s, 3 tries" in message
     assert f"CPU: 2 workers x 3 = 6 needed, {local_ray['CPU']:g} in the cluster" in message
     assert "resume with: python ray_jobs/train.py" in message and "run.name=starved" in message

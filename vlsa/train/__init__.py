@@ -1,5 +1,6 @@
-"""Training: the DeepSpeed config, schedule, step, checkpoints, tracking and the Ray Train loop.
+"""Training: the DeepSpeed config, schedule, step, checkpoints (saving, per-rank restore, weights-only
+loading), tracking and the Ray Train loop.
 
-Only ``vlsa.train.driver`` and ``vlsa.train.loop`` touch Ray and DeepSpeed, and they import them
-inside functions, so importing this package stays light.
+Ray and DeepSpeed are imported inside functions only (``driver``, ``loop``, ``state``, ``safe_load``),
+so importing this package stays light.
 """

@@ -38,6 +38,7 @@ FORWARDED_ENV = (
 )
 # Ray Train's controller reads this when it starts a worker group (Ray forwards it from the driver).
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+START_RETRIES = 2  # further worker-group starts after the first one failed or timed out
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints, in the run folder
 
 
@@ -83,9 +84,9 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
         name=cfg.run.name,
         storage_path=path,
         storage_filesystem=filesystem,
-        # A worker-group start that times out is a controller failure: none is retried, so a lost node
-        # that does not come back stops the run after run.start_timeout_s instead of waiting forever.
-        failure_config=FailureConfig(max_failures=cfg.run.max_failures, controller_failure_limit=0),
+        # A worker-group start that times out (or fails as a node goes away) is a controller failure, by
+        # default retried forever; a few tries of run.start_timeout_s each bound the wait for a lost node.
+        failure_config=FailureConfig(max_failures=cfg.run.max_failures, controller_failure_limit=START_RETRIES),
         # Retention is ours (checkpoint.prune) and no checkpoint is reported to Ray Train, so its run
         # snapshot lists none: nothing for it to keep, delete, or find missing on a re-run.
         checkpoint_config=CheckpointConfig(num_to_keep=None),
@@ -196,7 +197,8 @@ def fit(cfg: Config, job, train_fn: Callable | None) -> None:
         latest = ckpt.latest_complete(job.run)
         raise ResourcesUnavailableError(
             f"run {cfg.run.name}: the workers' resources were not available within run.start_timeout_s="
-            f"{cfg.run.start_timeout_s:g} s (a node lost and not back?). Missing: {missing_resources(cfg)}. "
+            f"{cfg.run.start_timeout_s:g} s, {START_RETRIES + 1} tries (a node lost and not back?). "
+            f"Missing: {missing_resources(cfg)}. "
             f"Newest complete checkpoint: {latest.uri if latest else 'none'}. Once the cluster has the resources "
             f"(or with fewer run.num_workers before a stage starts), resume with: {resume_command(cfg)}"
         ) from error
