@@ -58,7 +58,7 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
     summary = _finish(_driver(ray_head, overrides, log), log)
     text = log.read_text()
     assert "CheckpointManagerInitializationError" not in text and "resumed at step" in text
-    assert _steps(run) == [(0, 3, True), (1, 1, False), (1, 2, True)]  # pruned down to the kept ones
+    assert _steps(run) == [(0, 2, False), (0, 3, True), (1, 1, False), (1, 2, True)]  # keep_checkpoints=1 per stage
     assert summary["final_checkpoint"] == str(run / ckpt.checkpoint_name(1, "stage2", 2))
     client = MlflowClient(tracking)
     parent = client.get_run(summary["mlflow_run_id"])
