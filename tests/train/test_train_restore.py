@@ -134,7 +134,7 @@ def test_workers_of_a_node_download_each_file_once(s3_server, process_group, tmp
     for t in threads:
         t.join()
     share = sum(manifest["files"][n]["size"] for n in restore.rank_files(manifest, 0))
-    assert sorted(r.downloaded for r in results) == [0, 0, share]  # the first one fetched, the others reused
+    assert sum(r.downloaded for r in results) == share  # each file fetched by one of them, reused by the others
     assert results[0].folder.parent == scratch / "restore"
     assert all(ckpt.sha256_file(results[0].folder / n) == manifest["files"][n]["sha256"] for n in results[0].files)
     assert not (results[0].folder / "zero_to_fp32.py").exists()  # not loaded on resume: not fetched
