@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -82,7 +83,8 @@ class Worker:
     world_size: int
     device: torch.device
     saver: train_state.Saver
-    scratch: Any
+    """Writes this worker's checkpoints (the upload runs in the background)."""
+    scratch: Path
     """This machine's scratch folder (``run.scratch_dir``)."""
 
 
