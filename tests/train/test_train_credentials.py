@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 CANARIES = {
     "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-5d1f0a7c",
     "AWS_SESSION_TOKEN": "canary-aws-session-8e2b4c19",
-    "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-3a9e77d0",
+    "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-3a9e77d0",  # pragma: allowlist secret
     "MLFLOW_TRACKING_TOKEN": "canary-mlflow-token-c4f61b28",
 }
 
