@@ -76,7 +76,8 @@ def test_two_workers_zero2_then_zero3_learn(reference, tracking_uri):
     assert parent.info.status == "FINISHED" and parent.data.tags["final_checkpoint"] == outcome.final_checkpoint
     assert parent.data.params["train.stages.1.zero_stage"] == "3"
     run2 = stage_run(tracking_uri, outcome.mlflow_run_id, "stage2")
-    expected = {"lr/llm", "lr/vision", "grad_norm", "samples_per_s", "tokens_per_s", "loss_lm_ssft"}
+    expected = {"lr/llm", "lr/vision", "grad_norm", "samples_per_s", "tokens_per_s", "loss_lm_ssft",
+                "checkpoint_blocked_s"}
     assert expected <= set(run2.data.metrics)
     assert run2.data.metrics["skipped_steps"] == 0 and run2.data.params["world_size"] == "2"
     for stage in ("stage1", "stage2"):

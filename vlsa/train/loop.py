@@ -342,8 +342,12 @@ class StageRun:
     def save(self, final: bool) -> str:
         place = train_state.Place(self.job.run, self.index, self.stage.name, self.progress.step)
         metrics = {"stage_index": float(self.index), "step": float(self.progress.step), "final": float(final)}
-        return self.worker.saver.save(self.engine, place, self.progress, self.data.state_dict(), final=final,
-                                      keep=self.cfg.train.keep_checkpoints, metrics=metrics)
+        start = time.perf_counter()
+        uri = self.worker.saver.save(self.engine, place, self.progress, self.data.state_dict(), final=final,
+                                     keep=self.cfg.train.keep_checkpoints, metrics=metrics)
+        if self.tracker is not None:  # how long training waited for the save (README: checkpoint cadence)
+            self.tracker.log_metrics({"checkpoint_blocked_s": time.perf_counter() - start}, self.progress.step)
+        return uri
 
     def log_reconstructions(self) -> None:
         """Inputs vs images sampled from the projector outputs, as an artifact of the stage run.
