@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,12 @@ def test_a_save_returns_before_its_upload_and_counts_only_once_complete(process_
     assert info.uri == uri and manifest["world_size"] == 1 and "rng/rank_00000.pt" in manifest["files"]
     assert all(ckpt.sha256_file(Path(uri, n)) == f["sha256"] for n, f in manifest["files"].items())
     assert not list((tmp_path / "scratch" / "save").iterdir())  # the local copy is gone once uploaded
+
+
+def test_node_copies_of_other_checkpoints_are_cleared_once_stale(tmp_path):
+    for name, age in (("current", 10 * 86400), ("recent", 60), ("stale", 2 * 86400)):
+        (tmp_path / name / "ds").mkdir(parents=True)
+        (tmp_path / name / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"x")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    restore.clear_stale(tmp_path, keep="current")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "recent"]

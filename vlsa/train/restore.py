@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from vlsa.train import checkpoint as ckpt
 
 PARALLEL_FILES = 8
 """Files downloaded at once by one worker (each in parallel parts as well)."""
+STALE_COPY_S = 24 * 3600.0
+"""A node's copy of another checkpoint untouched this long is deleted at the next restore."""
 _SHARED = re.compile(r"^ds/mp_rank_\d+_model_states\.pt$")
 
 
@@ -67,6 +71,7 @@ def fetch(uri: str, manifest: dict[str, Any], rank: int, scratch: str | Path) ->
     key = hashlib.sha256(f"{uri}@{manifest.get('created')}".encode()).hexdigest()[:16]
     node = Path(scratch).expanduser() / "restore" / key
     node.mkdir(parents=True, exist_ok=True, mode=0o700)
+    clear_stale(node.parent, keep=key)
     with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_FILES, len(names)))) as pool:
         sizes = list(pool.map(lambda n: _fetch_one(uri, n, manifest["files"][n], node), names))
     return Fetched(node, tuple(names), sum(sizes))
@@ -79,6 +84,15 @@ def release(fetched: Fetched, rank: int) -> None:
     for name in fetched.files:
         if name != ckpt.TRAINER_STATE and not _SHARED.match(name):
             (fetched.folder / name).unlink(missing_ok=True)
+
+
+def clear_stale(root: Path, keep: str, older_than_s: float = STALE_COPY_S) -> None:
+    """Delete the node copies of other checkpoints that nobody touched for ``older_than_s`` seconds
+    (the shared files a restore leaves for the node's other workers)."""
+    cutoff = time.time() - older_than_s
+    for folder in root.iterdir():
+        if folder.name != keep and folder.is_dir() and folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fetch_one(uri: str, name: str, expected: dict[str, Any], node: Path) -> int:
