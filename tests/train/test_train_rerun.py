@@ -42,7 +42,7 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = small_overrides(train_demo, cache_dir, workers=1, steps=3)
     overrides += [f"run.storage_path={tmp_path / 'runs'}", "run.name=rerun", f"run.mlflow.tracking_uri={tracking}",
-                  "train.keep_checkpoints=1", "train.stages.1.max_steps=2"]
+                  "train.keep_checkpoints=1", "train.stages.1.max_steps=3"]
     run = tmp_path / "runs" / "rerun"
     log = tmp_path / "driver.log"
 
@@ -53,13 +53,14 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)  # right after a checkpoint that pruned one Ray Train had been told about
     first.wait()
-    assert _steps(run)[-1] < (1, 2, True), "the first driver finished before it was killed"
+    assert _steps(run)[-1] < (1, 3, True), "the first driver finished before it was killed"
 
     summary = _finish(_driver(ray_head, overrides, log), log)
     text = log.read_text()
     assert "CheckpointManagerInitializationError" not in text and "resumed at step" in text
-    assert _steps(run) == [(0, 2, False), (0, 3, True), (1, 1, False), (1, 2, True)]  # keep_checkpoints=1 per stage
-    assert summary["final_checkpoint"] == str(run / ckpt.checkpoint_name(1, "stage2", 2))
+    # keep_checkpoints=1 per stage: this driver pruned Stage II's step 1, which it had saved itself
+    assert _steps(run) == [(0, 2, False), (0, 3, True), (1, 2, False), (1, 3, True)]
+    assert summary["final_checkpoint"] == str(run / ckpt.checkpoint_name(1, "stage2", 3))
     client = MlflowClient(tracking)
     parent = client.get_run(summary["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["final_checkpoint"] == summary["final_checkpoint"]
