@@ -494,8 +494,18 @@ class RunConfig:
     """GPU kind the workers must run on, as Ray names it (``A100-40G``, ``A100-80G``); empty: any."""
     max_failures: int = 2
     """Worker failures tolerated (restart from the newest complete checkpoint)."""
+    scratch_dir: str = ""
+    """Local folder for checkpoint writes and restores on every node (local NVMe on a cluster); empty: the
+    node's ``VLSA_SCRATCH_DIR``, else ``vlsa-scratch`` in the system temp folder. A node's workers share it."""
+    start_timeout_s: float = 600.0
+    """Seconds a (re)start of the workers waits for their resources (a lost node that does not come
+    back); after three such tries the run stops with an error naming what is missing and how to resume."""
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     """Experiment tracking."""
+
+    def __post_init__(self) -> None:
+        if not self.start_timeout_s > 0:
+            raise ConfigError(f"run.start_timeout_s must be > 0, got {self.start_timeout_s}")
 
 
 # ------------------------------------------------------------------------------------- label/eval

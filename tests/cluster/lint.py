@@ -1,4 +1,5 @@
-"""Scanners behind the repository lint: plaintext secrets, unsafe weight loading, Ray configs without auth."""
+"""Scanners behind the repository lint: plaintext secrets, unsafe weight loading (``torch.load`` and
+DeepSpeed's ``load_checkpoint``), Ray configs without auth."""
 
 from __future__ import annotations
 
@@ -69,6 +70,36 @@ def unsafe_weight_saves(source: str) -> list[int]:
         for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.Call) and _keyword(node, "safe_serialization") is False
     ]
+
+
+def unsafe_deepspeed_loads(source: str) -> list[int]:
+    """Lines of ``engine.load_checkpoint(...)`` calls (DeepSpeed unpickles with ``weights_only=False``
+    by default) in a function that does not first install the weights-only reader
+    (``engine.checkpoint_engine = weights_only_engine()``); ``safe_load.load_checkpoint`` is that function."""
+    tree = ast.parse(source)
+    guarded: set[int] = set()
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and _installs_weights_only(function):
+            guarded |= {id(node) for node in ast.walk(function)}
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load_checkpoint"
+        and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "safe_load")
+        and id(node) not in guarded
+    ]
+
+
+def _installs_weights_only(function: ast.AST) -> bool:
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            called = node.value.func
+            name = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")
+            if name == "weights_only_engine" and any(
+                isinstance(t, ast.Attribute) and t.attr == "checkpoint_engine" for t in node.targets
+            ):
+                return True
+    return False
 
 
 def _is_torch_load(func: ast.AST) -> bool:

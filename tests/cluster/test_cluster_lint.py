@@ -1,5 +1,6 @@
 """Repository lint for the secure defaults: token auth in every cluster config, no plaintext secrets,
-``torch.load`` only with ``weights_only=True``, safetensors for saved weights."""
+``torch.load`` only with ``weights_only=True``, DeepSpeed checkpoints only through the weights-only
+reader, safetensors for saved weights."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 import yaml
 
 from tests.cluster.lint import (
-    ALLOW, cluster_config_auth_problems, find_secrets, is_cluster_config, repository_files, unsafe_torch_loads,
-    unsafe_weight_saves,
+    ALLOW, cluster_config_auth_problems, find_secrets, is_cluster_config, repository_files, unsafe_deepspeed_loads,
+    unsafe_torch_loads, unsafe_weight_saves,
 )  # fmt: skip
 from tests.cluster.manifests import ROOT
 
@@ -52,6 +53,16 @@ def test_weight_checkers_flag_unsafe_loads_and_saves():
     assert unsafe_weight_saves("m.save_pretrained(d, safe_serialization=False)\nm.save_pretrained(d)\n") == [1]
 
 
+def test_deepspeed_load_checker_flags_loads_without_the_weights_only_reader():
+    unguarded = "def resume(engine, d):\n    engine.load_checkpoint(d, tag='ds')\n"
+    assert unsafe_deepspeed_loads(unguarded) == [2]
+    assert unsafe_deepspeed_loads("engine.load_checkpoint(d)\n") == [1]
+    guarded = ("def resume(engine, d):\n    engine.checkpoint_engine = weights_only_engine()\n"
+               "    engine.load_checkpoint(d, tag='ds')\n")
+    assert unsafe_deepspeed_loads(guarded) == []
+    assert unsafe_deepspeed_loads("safe_load.load_checkpoint(engine, d, 'ds')\n") == []
+
+
 def test_auth_checker_flags_configs_without_token_auth():
     assert cluster_config_auth_problems({"kind": "RayCluster", "metadata": {"name": "x"}, "spec": {}})
     job = {"kind": "RayJob", "metadata": {"name": "j"}, "spec": {"rayClusterSpec": {"authOptions": {"mode": "token"}}}}
@@ -85,9 +96,17 @@ def test_no_plaintext_secrets_in_the_repository():
     assert not found, found
 
 
-@pytest.mark.parametrize("check", [unsafe_torch_loads, unsafe_weight_saves], ids=["torch.load", "safetensors"])
+@pytest.mark.parametrize("check", [unsafe_torch_loads, unsafe_deepspeed_loads, unsafe_weight_saves],
+                         ids=["torch.load", "deepspeed.load_checkpoint", "safetensors"])
 def test_python_sources_load_and_save_weights_safely(check):
     python = [p for p in repository_files() if p.suffix == ".py"]
     assert len(python) > 20
     bad = {str(p.relative_to(ROOT)): lines for p in python if (lines := check(p.read_text()))}
     assert not bad, bad
+
+
+def test_the_training_loop_resumes_through_the_weights_only_reader():
+    """The lint above must have something to check: the resume path calls DeepSpeed's loader."""
+    calls = [p for p in repository_files() if p.suffix == ".py" and p.parts[-3:-1] == ("vlsa", "train")
+             and ".load_checkpoint(" in p.read_text()]
+    assert [p.name for p in calls if "engine.load_checkpoint(" in p.read_text()] == ["safe_load.py"]

@@ -23,7 +23,7 @@ def _fake_checkpoint(run: Path, stage_index: int, stage: str, step: int, *, fina
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
     if manifest:
-        ckpt.write_manifest(str(folder), {rel: len(data) for rel, data in files.items()},
+        ckpt.write_manifest(str(folder), ckpt.describe_files(folder),
                             {"stage_index": stage_index, "stage": stage, "step": step, "final": final})
     return str(folder)
 
@@ -61,7 +61,8 @@ def test_manifest_is_refused_until_every_file_is_stored(tmp_path):
     (folder / "ds/a.pt").write_bytes(b"12345")
     with pytest.raises(RuntimeError, match=r"1 files missing or of another size.*'ds/b.pt': \(3, None\)"):
         meta = {"stage_index": 0, "stage": "stage1", "step": 1, "final": False}
-        ckpt.write_manifest(str(folder), {"ds/a.pt": 5, "ds/b.pt": 3}, meta)
+        ckpt.write_manifest(str(folder), {"ds/a.pt": {"size": 5, "sha256": ""}, "ds/b.pt": {"size": 3, "sha256": ""}},
+                            meta)
     assert not (folder / ckpt.MANIFEST).exists()
 
 
@@ -150,3 +151,45 @@ def test_plan_continues_from_the_newest_complete_checkpoint(tmp_path):
     expected = r"checkpoint of stage 1 'stage2', but the config's stages are \['stage1', 'finetune'\]"
     with pytest.raises(ConfigError, match=expected):
         make_plan(renamed, run)
+
+
+def test_prune_deletes_partial_folders_older_than_the_newest_complete_checkpoint(tmp_path):
+    _fake_checkpoint(tmp_path, 0, "stage1", 1, final=False, manifest=False)  # a killed save, never completed
+    _fake_checkpoint(tmp_path, 0, "stage1", 2, final=False)
+    _fake_checkpoint(tmp_path, 0, "stage1", 3, final=False, manifest=False)  # newer: may still be uploading
+    assert [Path(d).name for d in ckpt.prune(str(tmp_path), keep=2)] == ["00_stage1_step00000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00_stage1_step00000002", "00_stage1_step00000003"]
+
+
+def test_resuming_a_stage_with_another_number_of_workers_is_refused_before_any_work(tmp_path):
+    import vlsa
+    from vlsa.config import ConfigError
+    from vlsa.train.driver import check_resume, train
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = vlsa.load_config("tiny", [f"run.storage_path={tmp_path}", "run.name=r", "run.num_workers=1",
+                                    f"run.mlflow.tracking_uri={tracking}"])
+    run = tmp_path / "r"
+    end = _fake_checkpoint(run, 0, "stage1", 4, final=True)
+    assert check_resume(cfg, str(run)).uri == end  # a stage end: any number of workers starts the next stage
+    folder = run / ckpt.checkpoint_name(1, "stage2", 2)
+    _fake_checkpoint(run, 1, "stage2", 2, final=False)
+    (folder / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 2, "world_size": 2}))
+    ckpt.write_manifest(str(folder), ckpt.describe_files(folder),
+                        {"stage_index": 1, "stage": "stage2", "step": 2, "final": False})
+    expected = r"saved by 2 workers, but run.num_workers=1.*Resume with run.num_workers=2"
+    with pytest.raises(ConfigError, match=expected):
+        train(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the MLflow run was opened
+
+
+def test_a_ray_snapshot_naming_checkpoints_from_an_older_version_is_dropped(tmp_path):
+    from vlsa.train.driver import RAY_SNAPSHOT, forget_ray_checkpoints
+
+    assert not forget_ray_checkpoints(str(tmp_path))
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [], "latest_checkpoint_result": None,
+                                                     "current_report_index": 7}))
+    assert not forget_ray_checkpoints(str(tmp_path)) and (tmp_path / RAY_SNAPSHOT).exists()  # names none: kept
+    old = {"checkpoint_results": [{"checkpoint_dir_name": "00_stage1_step00000001"}], "current_report_index": 2}
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps(old))
+    assert forget_ray_checkpoints(str(tmp_path)) and not (tmp_path / RAY_SNAPSHOT).exists()

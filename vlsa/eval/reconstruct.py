@@ -167,7 +167,8 @@ def read_images(paths: list[str], decode: DecodeConfig) -> list[Image.Image]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlsa.eval.reconstruct", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="stage-end training checkpoint (folder with model.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="stage-end training checkpoint (folder with model.safetensors)")
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders (local or s3://)")
     parser.add_argument("--out", required=True, help="output folder (local or s3://)")
     parser.add_argument("--config", default="tiny", help="the run's preset name or YAML path (default: tiny)")

@@ -136,10 +136,14 @@ def list_files(uri: str) -> Iterator[str]:
         yield from (str(p) for p in sorted(root.rglob("*")) if p.is_file())
 
 
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local folder to a folder or ``s3://`` prefix (files in sorted order)."""
+def upload_dir(local_dir: str | Path, uri: str, threads: int = 8) -> None:
+    """Copy a local folder to a folder or ``s3://`` prefix, ``threads`` files at a time (one client)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     local_dir = Path(local_dir)
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+    paths = sorted(p for p in local_dir.rglob("*") if p.is_file())
+
+    def copy(path: Path) -> None:
         rel = path.relative_to(local_dir).as_posix()
         if is_s3(uri):
             bucket, key = split_s3(join(uri, rel))
@@ -148,6 +152,9 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
             target = Path(join(uri, rel))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        list(pool.map(copy, paths))
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:

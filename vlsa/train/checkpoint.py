@@ -7,14 +7,17 @@ A checkpoint is one folder ``<storage_path>/<run name>/<NN>_<stage>_step<SSSSSSS
 - ``trainer_state.json``: stage, step, data position, skip counters (written by rank 0);
 - ``model.safetensors``: full model weights, only in the checkpoint that ends a stage (read whole, or
   under ZeRO-3 slice by slice, each rank its own; checkpoints written before held ``model.pt``);
-- ``manifest.json``: every other file with its size, written last, once all of them are stored.
+- ``parts/rank_RRRRR.json``: the files one worker stored, written by it once they are all stored;
+- ``manifest.json``: every file of every worker with its size and SHA-256, written last by rank 0.
 
 Only folders with a manifest whose files are all present at their sizes count: a checkpoint cut
-short by a crash is never loaded, whatever else is in it.
+short by a crash is never loaded, whatever else is in it. Before a file is loaded its SHA-256 is
+checked against the manifest (see :mod:`vlsa.train.restore`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -31,9 +34,10 @@ from vlsa.model import weights
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
-LEGACY_WEIGHTS = "model.pt"
+LEGACY_WEIGHTS = "model.pt"  # stage-end weights of older runs: read (weights only), never written
+PARTS = "parts"
 DS_TAG = "ds"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NAME = re.compile(r"^(\d{2})_(.+)_step(\d{8})$")
 
 
@@ -83,14 +87,30 @@ def file_sizes(uri: str) -> dict[str, int]:
     return {i.path[len(prefix):]: i.size for i in infos if i.type == fs.FileType.File and i.path.startswith(prefix)}
 
 
-def write_manifest(uri: str, expected: dict[str, int], meta: dict[str, Any]) -> dict[str, Any]:
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a local file, read in 4 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of every file below a local folder but a manifest."""
+    root = Path(folder)
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != MANIFEST}
+
+
+def write_manifest(uri: str, expected: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """Check that every ``expected`` file is stored at its size, then write the manifest (last).
 
-    ``expected`` maps relative paths to sizes (the files every worker wrote); ``meta`` holds
-    ``stage_index``, ``stage``, ``step`` and ``final``.
+    ``expected`` maps relative paths to ``{"size", "sha256"}`` (the files every worker wrote);
+    ``meta`` holds ``stage_index``, ``stage``, ``step`` and ``final``.
     """
     stored = file_sizes(uri)
-    wrong = {p: (size, stored.get(p)) for p, size in expected.items() if stored.get(p) != size}
+    wrong = {p: (f["size"], stored.get(p)) for p, f in expected.items() if stored.get(p) != f["size"]}
     if wrong:
         sample = dict(list(wrong.items())[:5])
         raise RuntimeError(
@@ -103,7 +123,7 @@ def write_manifest(uri: str, expected: dict[str, int], meta: dict[str, Any]) -> 
 
 def _complete(folder: str, files: dict[str, int], manifest: dict[str, Any]) -> bool:
     return manifest.get("format") == FORMAT_VERSION and all(
-        files.get(f"{folder}/{path}") == size for path, size in manifest.get("files", {}).items()
+        files.get(f"{folder}/{path}") == f["size"] for path, f in manifest.get("files", {}).items()
     )
 
 
@@ -139,29 +159,38 @@ def stage_final(run: str, stage_index: int) -> CheckpointInfo | None:
 def prune(run: str, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` mid-stage checkpoints of each stage; stage ends are kept.
 
-    The manifest goes first, so a deletion cut short leaves a folder that is never loaded.
+    Folders without a manifest that are older than the newest complete checkpoint are deleted too:
+    they were cut short (a killed worker or driver) and can never complete. The manifest goes first,
+    so a deletion cut short leaves a folder that is never loaded. This is the only retention of a
+    run: Ray Train is told about no checkpoint, so its run snapshot never names a deleted one.
     """
-    doomed: list[CheckpointInfo] = []
-    complete = [c for c in list_complete(run) if not c.final]
-    for stage_index in {c.stage_index for c in complete}:
-        mine = [c for c in complete if c.stage_index == stage_index]
-        doomed += mine[: max(0, len(mine) - keep)]
-    for info in doomed:
-        filesystem, path = _filesystem(info.uri)
-        filesystem.delete_file(f"{path}/{MANIFEST}")
+    complete = list_complete(run)
+    doomed = [c.uri for c in _superseded([c for c in complete if not c.final], keep)]
+    if complete:
+        newest = complete[-1].order
+        known = {c.uri for c in complete}
+        for folder in {rel.partition("/")[0] for rel in file_sizes(run)}:
+            match = _NAME.match(folder)
+            uri = storage.join(run, folder)
+            if match and uri not in known and (int(match[1]), int(match[3])) < newest:
+                doomed.append(uri)
+    for uri in doomed:
+        filesystem, path = _filesystem(uri)
+        if filesystem.get_file_info(f"{path}/{MANIFEST}").type != 0:  # 0: FileType.NotFound
+            filesystem.delete_file(f"{path}/{MANIFEST}")
         filesystem.delete_dir(path)
-    return [c.uri for c in doomed]
+    return sorted(doomed)
+
+
+def _superseded(mid_stage: list[CheckpointInfo], keep: int) -> list[CheckpointInfo]:
+    doomed: list[CheckpointInfo] = []
+    for stage_index in {c.stage_index for c in mid_stage}:
+        mine = [c for c in mid_stage if c.stage_index == stage_index]
+        doomed += mine[: max(0, len(mine) - keep)]
+    return doomed
 
 
 # ------------------------------------------------------------------------------------------ reading
-
-
-def local_folder(uri: str, scratch: str | Path) -> Path:
-    """A local folder with the checkpoint's files: the folder itself, or a download into ``scratch``."""
-    if not storage.is_s3(uri):
-        return Path(uri).expanduser()
-    target = Path(scratch) / Path(uri.rstrip("/")).name
-    return storage.download_dir(uri, target)
 
 
 def read_json(uri: str, name: str) -> dict[str, Any]:
@@ -169,24 +198,34 @@ def read_json(uri: str, name: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(storage.join(uri, name)))
 
 
-def _weights_uri(uri: str) -> str:
-    """The stage-end weights file of a checkpoint (``model.safetensors``, or an older ``model.pt``)."""
+def weights_file(uri: str) -> str | None:
+    """The stage-end weights file of a checkpoint (safetensors, or an older run's ``model.pt``), or None."""
     for name in (WEIGHTS, LEGACY_WEIGHTS):
-        path = storage.join(uri, name)
-        if storage.exists(path):
-            return path
-    raise FileNotFoundError(
-        f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights"
-    )
+        if storage.exists(storage.join(uri, name)):
+            return storage.join(uri, name)
+    return None
+
+
+def _weights_uri(uri: str) -> str:
+    path = weights_file(uri)
+    if path is None:
+        raise FileNotFoundError(
+            f"checkpoint {uri} holds no {WEIGHTS}: only checkpoints that end a stage have full weights"
+        )
+    return path
 
 
 def has_weights(uri: str) -> bool:
     """Whether a checkpoint ends a stage (holds full model weights)."""
-    return any(storage.exists(storage.join(uri, name)) for name in (WEIGHTS, LEGACY_WEIGHTS))
+    return weights_file(uri) is not None
 
 
 def load_weights(uri: str) -> dict[str, Any]:
-    """The full model state dict saved at the end of a stage."""
+    """The full model state dict saved at the end of a stage (``model.safetensors`` of the checkpoint).
+
+    Neither format runs code on load: safetensors holds tensors only, and an older run's
+    ``model.pt`` is read with ``weights_only=True``.
+    """
     import io
 
     import torch

@@ -3,31 +3,47 @@
 
 Ray must be initialised by the caller (``ray_jobs/train.py`` joins the submitting cluster or starts
 a local instance). Checkpoints live under ``<run.storage_path>/<run.name>`` on local disk or
-``s3://``; a re-run with the same name and storage continues from the newest complete checkpoint,
-and logs into the same MLflow run.
+``s3://``; a re-run with the same name and storage continues from the newest complete checkpoint
+(after a killed driver too), and logs into the same MLflow run; a re-run of a finished run reports
+it complete without starting workers.
+
+Credentials never travel in the workers' ``runtime_env`` (Ray records it in its run state and on
+its dashboard, and it would freeze short-lived credentials): each node provides them, from its
+environment (set by the cluster files), an instance role or a Kubernetes secret. Only endpoints,
+regions and offline flags are forwarded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vlsa.config import Config, check_batches
+from vlsa.config import Config, ConfigError, check_batches
 from vlsa.io import storage, tracking
 from vlsa.train import checkpoint as ckpt
-from vlsa.train.loop import JobInfo, train_worker
+from vlsa.train.loop import JobInfo, make_plan, train_worker
 
-# Settings the workers need to reach S3 and MLflow when the driver has them; credentials included,
-# since a local Ray instance or a job's runtime environment may not pass them on otherwise.
+# Where the workers find S3 and MLflow, when the driver knows: endpoints, regions and offline flags.
+# No credential (key, secret, session token, password, token, nor the user they belong to): workers
+# take those from their node.
 FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR",
 )
+# Ray Train's controller reads this when it starts a worker group (Ray forwards it from the driver).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+START_RETRIES = 2  # further worker-group starts after the first one failed or timed out
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints, in the run folder
+
+
+class ResourcesUnavailableError(RuntimeError):
+    """The workers' resources did not become available within ``run.start_timeout_s``."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,7 @@ class TrainOutcome:
     run: str
     """Run folder holding every checkpoint."""
     final_checkpoint: str
-    """The checkpoint that ends the last stage (full weights in ``model.pt``)."""
+    """The checkpoint that ends the last stage (full weights in ``model.safetensors``)."""
     tracking_uri: str
     mlflow_run_id: str
 
@@ -59,14 +75,16 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1} if cfg.run.use_gpu else {})
     filesystem, path = storage.pyarrow_filesystem(cfg.run.storage_path)
     run_config = RunConfig(
         name=cfg.run.name,
         storage_path=path,
         storage_filesystem=filesystem,
-        failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-        # Retention is ours (checkpoint.prune): stage ends must outlive newer mid-stage checkpoints.
+        # A worker-group start that times out (or fails as a node goes away) is a controller failure, by
+        # default retried forever; a few tries of run.start_timeout_s each bound the wait for a lost node.
+        failure_config=FailureConfig(max_failures=cfg.run.max_failures, controller_failure_limit=START_RETRIES),
+        # Retention is ours (checkpoint.prune) and no checkpoint is reported to Ray Train, so its run
+        # snapshot lists none: nothing for it to keep, delete, or find missing on a re-run.
         checkpoint_config=CheckpointConfig(num_to_keep=None),
         worker_runtime_env={"env_vars": worker_env()},
     )
@@ -74,10 +92,113 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
         train_fn or train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "job": dataclasses.asdict(job)},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources,
+                                     resources_per_worker=worker_resources(cfg),
                                      accelerator_type=cfg.run.accelerator_type or None),
         run_config=run_config,
     )
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """The logical resources one worker reserves."""
+    return {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1} if cfg.run.use_gpu else {})
+
+
+def check_resume(cfg: Config, run: str) -> ckpt.CheckpointInfo | None:
+    """The newest complete checkpoint; refuses, before any work starts, to continue a stage with a
+    number of workers other than the one that saved it (ZeRO shards are per worker)."""
+    latest = ckpt.latest_complete(run)
+    if latest is None or latest.final:
+        return latest  # stage ends hold full weights: any number of workers can start the next stage
+    saved = int(ckpt.read_json(latest.uri, ckpt.TRAINER_STATE)["world_size"])
+    workers = max(1, cfg.run.num_workers)
+    if saved != workers:
+        raise ConfigError(
+            f"run {run} continues stage {latest.stage!r} from {latest.uri}, saved by {saved} workers, but "
+            f"run.num_workers={cfg.run.num_workers}: each worker resumes its own ZeRO shard. Resume with "
+            f"run.num_workers={saved}, or start another run.name from the stage-end weights."
+        )
+    return latest
+
+
+def forget_ray_checkpoints(run: str) -> bool:
+    """Delete Ray Train's run snapshot when it names checkpoints (runs saved by older versions of this
+    project reported them); ours are found from the manifests, and a snapshot naming a pruned folder
+    makes Ray refuse the run directory. Returns whether it was deleted."""
+    import json
+
+    path = storage.join(run, RAY_SNAPSHOT)
+    if not storage.exists(path):
+        return False
+    snapshot = json.loads(storage.read_bytes(path))
+    if not (snapshot.get("checkpoint_results") or snapshot.get("latest_checkpoint_result")):
+        return False
+    filesystem, fs_path = storage.pyarrow_filesystem(path)
+    if filesystem is None:
+        Path(fs_path).unlink()
+    else:
+        filesystem.delete_file(fs_path)
+    return True
+
+
+def resume_command(cfg: Config) -> str:
+    """The command that continues this run (the current one when it is ``ray_jobs/train.py``)."""
+    if sys.argv and sys.argv[0].endswith("train.py"):
+        return "python " + shlex.join(["ray_jobs/train.py", *sys.argv[1:]])
+    return (f"python ray_jobs/train.py --config <the run's config> run.name={shlex.quote(cfg.run.name)} "
+            f"run.storage_path={shlex.quote(cfg.run.storage_path)}")
+
+
+def missing_resources(cfg: Config) -> str:
+    """What the cluster lacks for the run's workers, by its current total resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    workers = max(1, cfg.run.num_workers)
+    short = [f"{name}: {workers} workers x {amount:g} = {workers * amount:g} needed, {total.get(name, 0):g} in the "
+             f"cluster" for name, amount in worker_resources(cfg).items() if total.get(name, 0) < workers * amount]
+    return "; ".join(short) or (f"{workers} workers x {worker_resources(cfg)}: the totals suffice but the free "
+                                "resources or a single node's do not")
+
+
+def _startup_timeout(error: BaseException) -> bool:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ == "WorkerGroupStartupTimeoutError":
+            return True
+        error = getattr(error, "controller_failure", None) or error.__cause__
+    return False
+
+
+@contextlib.contextmanager
+def _start_timeout(seconds: float):
+    saved = os.environ.get(START_TIMEOUT_ENV)
+    os.environ[START_TIMEOUT_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(START_TIMEOUT_ENV, None)
+        else:
+            os.environ[START_TIMEOUT_ENV] = saved
+
+
+def fit(cfg: Config, job, train_fn: Callable | None) -> None:
+    """Run the trainer; a start that found no resources in time becomes :class:`ResourcesUnavailableError`."""
+    try:
+        with _start_timeout(cfg.run.start_timeout_s):
+            build_trainer(cfg, job, train_fn).fit()
+    except Exception as error:
+        if not _startup_timeout(error):
+            raise
+        latest = ckpt.latest_complete(job.run)
+        raise ResourcesUnavailableError(
+            f"run {cfg.run.name}: the workers' resources were not available within run.start_timeout_s="
+            f"{cfg.run.start_timeout_s:g} s, {START_RETRIES + 1} tries (a node lost and not back?). "
+            f"Missing: {missing_resources(cfg)}. "
+            f"Newest complete checkpoint: {latest.uri if latest else 'none'}. Once the cluster has the resources "
+            f"(or with fewer run.num_workers before a stage starts), resume with: {resume_command(cfg)}"
+        ) from error
 
 
 def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
@@ -86,11 +207,17 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     cfg = resolve(cfg)
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     run = ckpt.run_uri(cfg.run.storage_path, cfg.run.name)
+    check_resume(cfg, run)
+    done = make_plan(cfg, run).start == len(cfg.train.stages)  # also checks the run's stage names
     params = tracking.config_params(cfg.to_dict())
     run_id = tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, params)
     job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id)
     try:
-        build_trainer(cfg, job, train_fn).fit()
+        if done:
+            print(f"[vlsa] every stage of run {run} is already complete", flush=True)
+        else:
+            forget_ray_checkpoints(run)
+            fit(cfg, job, train_fn)
         final = ckpt.latest_complete(run)
         last = len(cfg.train.stages) - 1
         if final is None or not final.final or final.stage_index != last:

@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -84,6 +85,9 @@ class Hooks:
     """Called with each micro-batch before the step (``step`` is the step about to run)."""
     after_step: Callable[[StepInfo], None] | None = None
     """Called after each optimizer step, before any checkpoint of that step."""
+    after_restore: Callable[[StepInfo, Any], None] | None = None
+    """Called on every worker after it resumed from a checkpoint, with what it fetched
+    (:class:`vlsa.train.restore.Fetched`)."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,16 @@ class Worker:
     rank: int
     world_size: int
     device: torch.device
+    saver: train_state.Saver
+    """Writes this worker's checkpoints (the upload runs in the background)."""
+    scratch: Path
+    """This machine's scratch folder (``run.scratch_dir``)."""
 
 
 # ------------------------------------------------------------------------------------------ setup
 
 
-def setup_worker(use_gpu: bool) -> Worker:
+def setup_worker(use_gpu: bool, scratch_dir: str = "") -> Worker:
     """Rank, world size and device of this worker, with a process group (made here in local mode)."""
     import ray.train
     import torch.distributed as dist
@@ -108,7 +116,8 @@ def setup_worker(use_gpu: bool) -> Worker:
         torch.cuda.set_device(device)
     if not dist.is_initialized():  # ScalingConfig(num_workers=0) runs in-process without one
         _single_process_group(device)
-    return Worker(rank, world_size, device)
+    scratch = train_state.scratch_root(scratch_dir)
+    return Worker(rank, world_size, device, train_state.Saver(scratch, rank, world_size), scratch)
 
 
 def _single_process_group(device: torch.device) -> None:
@@ -261,12 +270,16 @@ class StageRun:
         self.tracker = self._tracker(resumed=resume is not None)
 
     def _restore(self, info: ckpt.CheckpointInfo) -> None:
-        state = train_state.restore(self.engine, info, rank=self.worker.rank, world_size=self.worker.world_size)
+        state, fetched = train_state.restore(self.engine, info, rank=self.worker.rank,
+                                             world_size=self.worker.world_size, scratch=self.worker.scratch)
         self.data.load_state_dict(state["data"])
         self.progress.step, self.progress.samples = int(state["step"]), int(state["samples"])
         self.progress.skips.load_state_dict(state["skips"])
-        if self.worker.rank == 0:
-            say(f"{self.stage.name}: resumed at step {self.progress.step} from {info.uri}")
+        say(f"{self.stage.name}: rank {self.worker.rank} resumed at step {self.progress.step} from {info.uri} "
+            f"({fetched.downloaded} bytes downloaded, {len(fetched.files)} files)")
+        if self.hooks.after_restore is not None:
+            info = StepInfo(self.index, self.stage.name, self.progress.step, self.worker.rank)
+            self.hooks.after_restore(info, fetched)
 
     def _tracker(self, resumed: bool):
         if self.worker.rank != 0:
@@ -336,9 +349,12 @@ class StageRun:
     def save(self, final: bool) -> str:
         place = train_state.Place(self.job.run, self.index, self.stage.name, self.progress.step)
         metrics = {"stage_index": float(self.index), "step": float(self.progress.step), "final": float(final)}
-        return train_state.save(self.engine, place, self.progress, self.data.state_dict(), rank=self.worker.rank,
-                                world_size=self.worker.world_size, final=final,
-                                keep=self.cfg.train.keep_checkpoints, metrics=metrics)
+        start = time.perf_counter()
+        uri = self.worker.saver.save(self.engine, place, self.progress, self.data.state_dict(), final=final,
+                                     keep=self.cfg.train.keep_checkpoints, metrics=metrics)
+        if self.tracker is not None:  # how long training waited for the save (README: checkpoint cadence)
+            self.tracker.log_metrics({"checkpoint_blocked_s": time.perf_counter() - start}, self.progress.step)
+        return uri
 
     def log_reconstructions(self) -> None:
         """Inputs vs images sampled from the projector outputs, as an artifact of the stage run.
@@ -380,7 +396,7 @@ def train_worker(config: dict[str, Any], hooks: Hooks | None = None) -> None:
     """Ray Train's per-worker function: ``config = {"cfg": Config.to_dict(), "job": JobInfo fields}``."""
     cfg = config_from_dict(config["cfg"])
     job = JobInfo(**config["job"])
-    worker = setup_worker(cfg.run.use_gpu)
+    worker = setup_worker(cfg.run.use_gpu, cfg.run.scratch_dir)
     plan = make_plan(cfg, job.run)
     weights = plan.weights
     for index in range(plan.start, len(cfg.train.stages)):
