@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -62,11 +63,59 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base).expanduser().joinpath(*parts))
 
 
-def read_bytes(uri: str) -> bytes:
+class ReadRefused(ValueError):
+    """A read refused before its bytes were read: ``reason`` is ``not_a_file`` or ``too_many_bytes``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole file or object. With ``max_bytes`` its type and size are checked first (``stat`` locally,
+    ``head_object`` on S3), so a huge file costs no memory and a FIFO or device never blocks the read."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    return Path(uri).expanduser().read_bytes()
+        client = s3_client()
+        if max_bytes is not None:
+            check_size(uri, client.head_object(Bucket=bucket, Key=key)["ContentLength"], max_bytes)
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        return body.read() if max_bytes is None else _bounded(uri, body, max_bytes)
+    path = Path(uri).expanduser()
+    return path.read_bytes() if max_bytes is None else _read_local(path, max_bytes)
+
+
+def check_size(where: str, size: int, max_bytes: int) -> None:
+    """Refuse a file larger than ``max_bytes``."""
+    if size > max_bytes:
+        raise ReadRefused("too_many_bytes", f"{where}: {size} bytes > limit {max_bytes}")
+
+
+def _read_local(path: Path, max_bytes: int) -> bytes:
+    _check_regular(path, os.stat(path).st_mode)
+    # O_NONBLOCK: a file swapped for a FIFO after the stat must not block the open; fstat re-checks it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        _check_regular(path, info.st_mode)
+        check_size(str(path), info.st_size, max_bytes)
+        return _bounded(str(path), handle, max_bytes)
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_IFIFO: "named pipe", stat.S_IFDIR: "folder", stat.S_IFSOCK: "socket"}.get(
+            stat.S_IFMT(mode), "device or special file"
+        )
+        raise ReadRefused("not_a_file", f"{path} is a {kind}, not a regular file")
+
+
+def _bounded(where: str, handle, max_bytes: int) -> bytes:
+    # A file that grew after its size was checked is still cut off one byte past the limit.
+    data = handle.read(max_bytes + 1)
+    check_size(where, len(data), max_bytes)
+    return data
 
 
 def write_bytes(uri: str, data: bytes) -> None:
