@@ -34,9 +34,17 @@ def endpoint_url() -> str | None:
 
 
 def s3_client():
+    """A boto3 S3 client. Keys set in the environment are passed on explicitly: boto3's default session
+    caches the first keys it finds, and the environment at call time must decide, as it does for pyarrow."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint_url())
+    keys = {
+        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": os.environ.get("AWS_SESSION_TOKEN"),
+    }
+    keys = keys if keys["aws_access_key_id"] and keys["aws_secret_access_key"] else {}
+    return boto3.client("s3", endpoint_url=endpoint_url(), **keys)
 
 
 def pyarrow_filesystem(uri: str):
