@@ -4,8 +4,9 @@ With ``auth=True`` the server runs the basic-auth app; the admin password and th
 generated into files only the owner can read and handed to the server through the environment, so they
 never appear on a command line or in a config file. Once it answers, a non-admin user for jobs
 (``JOB_USER``, as on Kubernetes) is created with its own generated password: jobs get that one, never the
-admin's. The server answers only its own Host names and browser origins (127.0.0.1 / localhost on its port),
-and its files (sqlite databases included) are created owner-only.
+admin's. The server answers only its own Host names (127.0.0.1 / localhost on its port) and allows no browser
+origin beyond its own, except that MLflow itself always allows localhost origins on any port. Its files
+(sqlite databases included) are created owner-only.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def server_args(root: Path, port: int, artifacts_destination: str, auth: bool) -
     args += ["--artifacts-destination", artifacts_destination, "--host", "127.0.0.1", "--port", str(port)]
     own = [f"127.0.0.1:{port}", f"localhost:{port}"]
     args += ["--workers", "1", "--allowed-hosts", ",".join(own)]
-    # Only the UI's own pages may call the API from a browser (the default allows any localhost port).
+    # Only the UI's own pages may call the API from a browser (MLflow still adds localhost on any port).
     args += ["--cors-allowed-origins", ",".join(f"http://{host}" for host in own)]
     return args + (["--app-name", "basic-auth"] if auth else [])
 

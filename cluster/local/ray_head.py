@@ -4,7 +4,7 @@ Each head gets its own short temp dir (Unix socket paths are limited to about 10
 free ports, so several heads can run side by side on one machine. Ray makes its temp dir world-writable
 (it is meant to be shared between users), so it lives one level inside a private (0700) folder that also
 holds the token: other local users reach none of the sockets, logs or unpacked job code. Every Ray
-process listens on 127.0.0.1 only (see :func:`start_args`). Stopping a head terminates only the
+process listens on 127.0.0.1 only (see ``LOOPBACK_ONLY``). Stopping a head terminates only the
 processes of that head (its session, its temp dir, its GCS address); ``ray stop`` is not used because
 it stops every Ray process of the user, including clusters that other programs started.
 """
