@@ -82,14 +82,17 @@ class ReadRefused(ValueError):
 
 def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     """The whole file or object. With ``max_bytes`` its type and size are checked first (``stat`` locally,
-    ``head_object`` on S3), so a huge file costs no memory and a FIFO or device never blocks the read."""
+    the object's length on S3), so a huge file costs no memory and a FIFO or device never blocks the read."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        client = s3_client()
-        if max_bytes is not None:
-            check_size(uri, client.head_object(Bucket=bucket, Key=key)["ContentLength"], max_bytes)
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        return body.read() if max_bytes is None else _bounded(uri, body, max_bytes)
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+        if max_bytes is None:
+            return response["Body"].read()
+        # The length arrives with the headers (one request, as a head_object would cost): the body is
+        # closed unread when it is too large.
+        with response["Body"] as body:
+            check_size(uri, response["ContentLength"], max_bytes)
+            return _bounded(uri, body, max_bytes)
     path = Path(uri).expanduser()
     return path.read_bytes() if max_bytes is None else _read_local(path, max_bytes)
 

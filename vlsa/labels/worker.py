@@ -56,10 +56,11 @@ class ImageReader:
             return read_image_bytes(self.root, rel, self.max_bytes)  # also refuses symlinks that leave the root
         path = f"{self.base}/{safe_relative_path(rel)}"
         try:
-            if self.max_bytes is not None:
-                storage.check_size(f"s3://{path}", self.fs.get_file_info(path).size or 0, self.max_bytes)
-            with self.fs.open_input_file(path) as handle:
-                return handle.read() if self.max_bytes is None else handle.read(self.max_bytes + 1)
+            with self.fs.open_input_file(path) as handle:  # opening asks S3 for the size; no byte is read yet
+                if self.max_bytes is None:
+                    return handle.read()
+                storage.check_size(f"s3://{path}", handle.size(), self.max_bytes)
+                return handle.read(self.max_bytes + 1)
         except storage.ReadRefused as err:
             raise RecordRejected(f"image_{err.reason}", err.detail) from None
         except Exception as err:  # noqa: BLE001 - any storage failure is one rejected image
