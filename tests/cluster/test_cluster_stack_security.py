@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -28,12 +29,13 @@ pytestmark = pytest.mark.integration
 # One job checks everything a job can see: the sockets of the Ray processes while an actor runs, a digest
 # of each variable it inherited (the admin password must not be among them) and what its MLflow user may do.
 JOB = """\
-import hashlib, json, os, psutil, ray, mlflow, urllib.request, urllib.error, base64
+import base64, hashlib, json, os, socket, urllib.error, urllib.request
+import mlflow, psutil, ray
 
 def listening(proc):
     found = []
     for conn in proc.net_connections(kind="inet"):
-        if conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr):
+        if conn.status == psutil.CONN_LISTEN or (conn.type == socket.SOCK_DGRAM and not conn.raddr):
             found.append([proc.pid, proc.name(), conn.laddr.ip, conn.laddr.port])
     return found
 
@@ -88,9 +90,10 @@ def stack(tmp_path_factory):
         report = json.loads(logs.split("REPORT ", 1)[1].splitlines()[0])
         yield state_dir, state, report
     finally:
-        stopped = _cli("stop", state_dir=state_dir)
-        assert stopped.returncode == 0, stopped.stderr[-3000:]
-        assert stack_processes(state) == []
+        if state is not None:
+            stopped = _cli("stop", state_dir=state_dir)
+            assert stopped.returncode == 0, stopped.stderr[-3000:]
+            assert stack_processes(state) == []
 
 
 def is_loopback(ip: str) -> bool:
@@ -105,7 +108,7 @@ def listening_sockets(procs: list) -> list[tuple[int, str, str, int]]:
     for proc in procs:
         try:
             for conn in proc.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr):
+                if conn.status == psutil.CONN_LISTEN or (conn.type == socket.SOCK_DGRAM and not conn.raddr):
                     found.append((proc.pid, proc.name(), conn.laddr.ip, conn.laddr.port))
         except psutil.NoSuchProcess:
             continue
