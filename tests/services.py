@@ -1,8 +1,9 @@
 """Real local services for integration tests, as session-scoped pytest fixtures.
 
-- ``s3_server``: moto in server mode on 127.0.0.1. While it runs, the test process has
-  ``AWS_ENDPOINT_URL``, dummy keys and ``AWS_DEFAULT_REGION`` set (restored afterwards), so boto3 and
-  ``vlsa.io.storage`` (pyarrow included) reach it. ``s3_server.make_bucket("name") -> "s3://name"``;
+- ``s3_server``: moto in server mode on 127.0.0.1, refusing anonymous requests and any key but the one it
+  created at start. While it runs, the test process has ``AWS_ENDPOINT_URL``, that key and
+  ``AWS_DEFAULT_REGION`` set (restored afterwards), so boto3 and ``vlsa.io.storage`` (pyarrow included)
+  reach it. ``s3_server.make_bucket("name") -> "s3://name"``;
   ``s3_server.endpoint``; ``s3_server.client_env()`` is the same set of variables, for subprocesses or jobs.
 - ``mlflow_server``: a real ``mlflow server`` (sqlite, artifacts proxied to a local folder); the value is
   its tracking URI. ``mlflow_server_s3``: the same with artifacts in ``s3://{MLFLOW_ARTIFACT_BUCKET}/artifacts``.

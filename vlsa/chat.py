@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     cfg = load_config(args.config, args.overrides)
     try:
-        image = decode_image(storage.read_bytes(args.image), cfg.label.decode)
-    except (OSError, ImageRejected) as err:
+        image = decode_image(storage.read_bytes(args.image, max_bytes=cfg.label.decode.max_bytes), cfg.label.decode)
+    except (OSError, ImageRejected, storage.ReadRefused) as err:
         print(f"error: image {args.image}: {err}", file=sys.stderr)
         return 2
     answerer = Answerer(load_model(args.model, cfg), template=args.template or cfg.eval.template,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cluster.local.processes import http_status
+from cluster.local.s3_app import READY_PATH
 from cluster.local.stack import client_env, default_state_dir, read_state, services, start_stack, stop_stack
 
 
@@ -25,6 +26,8 @@ def exports(state: dict) -> str:
     """Shell lines that point the Ray job CLI, MLflow clients and boto3 at the stack (no secret values)."""
     env = client_env(state)
     lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    if "AWS_SHARED_CREDENTIALS_FILE" in env:  # keys in the environment would win over the stack's file
+        lines.insert(0, "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE")
     password_file = state["mlflow"]["password_file"]
     if password_file:
         lines.append(f'export MLFLOW_TRACKING_PASSWORD="$(cat {shlex.quote(password_file)})"')
@@ -38,7 +41,7 @@ def how_to(state: dict, state_dir: Path) -> str:
     login = f"  (user admin, password in {mlflow.password_file})" if mlflow.password_file else ""
     text = [f"Ray dashboard  {head.dashboard_url}  (token: {head.token_path})", f"MLflow UI      {mlflow.uri}{login}"]
     if s3:
-        text.append(f"S3 endpoint    {s3.endpoint}  (bucket s3://vlsa, dummy credentials)")
+        text.append(f"S3 endpoint    {s3.endpoint}  (bucket s3://vlsa, key in {s3.credentials_file})")
     text += [
         "", "Use it from this shell:", f"  eval \"$(python -m cluster.local env{where})\"",
         "  ray job submit --working-dir . -- python ray_jobs/train.py",
@@ -53,7 +56,7 @@ def _status(state: dict) -> str:
     checks = {
         "ray": http_status(f"{head.dashboard_url}/api/version", {"Authorization": f"Bearer {token}"}),
         "mlflow": http_status(f"{mlflow.uri}/health"),
-        **({"s3": http_status(f"{s3.endpoint}/moto-api/")} if s3 else {}),
+        **({"s3": http_status(f"{s3.endpoint}{READY_PATH}")} if s3 else {}),
     }
     return "\n".join(f"{name:7s}{'up' if code == 200 else 'down'}" for name, code in checks.items())
 

@@ -40,12 +40,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def spawn(argv: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None = None) -> subprocess.Popen:
-    """Start ``argv`` in a new session (so it can be found and stopped as a group), output to a log."""
+    """Start ``argv`` in a new session (so it can be found and stopped as a group), output to a log.
+
+    The service and everything it starts get umask 077: its databases, logs, sockets and secrets are
+    created readable by the owner only, whatever the caller's umask.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen(
             argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, umask=0o077,
         )  # fmt: skip
 
 

@@ -1,7 +1,10 @@
 """A single-node Ray head started with ``ray start --head``: token auth on, dashboard on 127.0.0.1 only.
 
 Each head gets its own short temp dir (Unix socket paths are limited to about 100 bytes) and its own
-free ports, so several heads can run side by side on one machine. Stopping a head terminates only the
+free ports, so several heads can run side by side on one machine. Ray makes its temp dir world-writable
+(it is meant to be shared between users), so it lives one level inside a private (0700) folder that also
+holds the token: other local users reach none of the sockets, logs or unpacked job code. Every Ray
+process listens on 127.0.0.1 only (see ``LOOPBACK_ONLY``). Stopping a head terminates only the
 processes of that head (its session, its temp dir, its GCS address); ``ray stop`` is not used because
 it stops every Ray process of the user, including clusters that other programs started.
 """
@@ -32,6 +35,7 @@ class RayHead:
     temp_dir: str
     token_path: str
     session_id: int
+    private_dir: str = ""  # the 0700 folder holding temp_dir and the token; removed at stop
     proc: subprocess.Popen | None = None  # the `ray start` process, while this process waits for it
 
     @property
@@ -47,7 +51,8 @@ class RayHead:
         return env
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("address", "dashboard_url", "temp_dir", "token_path", "session_id")}
+        keys = ("address", "dashboard_url", "temp_dir", "token_path", "session_id", "private_dir")
+        return {k: getattr(self, k) for k in keys}
 
 
 def write_token(path: Path) -> Path:
@@ -104,19 +109,27 @@ def start_ray_head(
     raise ValueError(f"attempts must be at least 1, got {attempts}")
 
 
+# Ray resolves a loopback --node-ip-address to the machine's network address and binds its gRPC servers
+# there and on every interface, unless multi-node clusters are off (the switch Ray reads on every OS):
+# then the node IP stays 127.0.0.1 and GCS, raylet, agents and workers bind to it only.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def _launch(num_cpus: int, env: dict[str, str] | None) -> RayHead:
-    temp_dir = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: socket paths live below it
-    token_path = write_token(Path(temp_dir) / "auth_token")
+    private_dir = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # 0700, and short: socket paths live below it
+    temp_dir = os.path.join(private_dir, "r")
+    token_path = write_token(Path(private_dir) / "auth_token")
     ports = _ports()
     full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
     full_env.update(env or {})
     full_env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0"})
+    full_env.update(LOOPBACK_ONLY)
     # `python` in a job's entrypoint must be this interpreter (the one with the project installed).
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
-    proc = spawn(start_args(temp_dir, num_cpus, ports), env=full_env, log_path=Path(temp_dir) / "ray_start.log")
+    proc = spawn(start_args(temp_dir, num_cpus, ports), env=full_env, log_path=Path(private_dir) / "ray_start.log")
     return RayHead(
         address="", dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}", temp_dir=temp_dir,
-        token_path=str(token_path), session_id=proc.pid, proc=proc,
+        token_path=str(token_path), session_id=proc.pid, private_dir=private_dir, proc=proc,
     )  # fmt: skip
 
 
@@ -124,7 +137,7 @@ def wait_ray_head(head: RayHead, timeout: float = 180.0) -> None:
     """Block until ``ray start`` has returned and the dashboard (the Jobs API) answers; on failure stop
     the head and raise (:class:`RayStartError` with the ``ray start`` output when that failed)."""
     deadline = time.monotonic() + timeout
-    log_path = Path(head.temp_dir) / "ray_start.log"
+    log_path = Path(head.private_dir or head.temp_dir) / "ray_start.log"
     try:
         code = head.proc.wait(timeout=timeout) if head.proc else 0
     except subprocess.TimeoutExpired:
@@ -166,7 +179,12 @@ def stop_ray_head(head: RayHead, grace: float = 3.0, remove_temp_dir: bool = Tru
         names = ", ".join(f"{p.pid}" for p in survivors)
         raise RuntimeError(f"Ray head {head.address or head.temp_dir}: processes still alive after stop: {names}")
     if remove_temp_dir:
-        shutil.rmtree(head.temp_dir, ignore_errors=True)
+        remove_private_dirs(head)
+
+
+def remove_private_dirs(head: RayHead) -> None:
+    """Delete the head's temp dir and the private folder around it."""
+    shutil.rmtree(head.private_dir or head.temp_dir, ignore_errors=True)
 
 
 def load_head(data: dict) -> RayHead:

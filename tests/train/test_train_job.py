@@ -23,7 +23,7 @@ def test_train_job_on_a_ray_cluster_with_s3_and_mlflow(s3_server, mlflow_server_
     bucket = s3_server.make_bucket("vlsa-train-job")
     overrides = small_overrides(train_demo, cache_dir, workers=1, steps=2)
     overrides += [f"run.storage_path={bucket}/runs", "run.name=job", f"run.mlflow.tracking_uri={mlflow_server_s3}"]
-    env = {**s3_server.client_env(), "HF_HUB_OFFLINE": "1"}  # moto's fixed test keys, not secrets
+    env = {**s3_server.client_env(), "HF_HUB_OFFLINE": "1"}  # the test endpoint's own key, not a real one
     status, logs = submit_job(ray_head, ["python", "ray_jobs/train.py", "--config", "tiny", *overrides],
                               working_dir=REPO, env=env, timeout=900)
     assert status == "SUCCEEDED", logs[-4000:]

@@ -252,7 +252,7 @@ def _render_or_none(template: ChatTemplate, turns: list[Turn]) -> str | None:
 
 def load_image(image_root: str, rel: str, decode: DecodeConfig):
     """Read and safely decode one image; every failure is a ``RecordRejected`` (``image_<reason>``)."""
-    data = read_image_bytes(image_root, rel)
+    data = read_image_bytes(image_root, rel, decode.max_bytes)
     try:
         return decode_image(data, decode)
     except ImageRejected as err:

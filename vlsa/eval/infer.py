@@ -206,7 +206,7 @@ def load_question_image(question: dict, image_root: str, decode: DecodeConfig):
     if question.get("image") is None:
         return None, ""
     try:
-        return decode_image(read_image_bytes(image_root, question["image"]), decode), ""
+        return decode_image(read_image_bytes(image_root, question["image"], decode.max_bytes), decode), ""
     except RecordRejected as err:
         return None, err.reason
     except ImageRejected as err:

@@ -159,8 +159,8 @@ def read_images(paths: list[str], decode: DecodeConfig) -> list[Image.Image]:
     images = []
     for path in paths:
         try:
-            images.append(decode_image(storage.read_bytes(path), decode))
-        except ImageRejected as err:
+            images.append(decode_image(storage.read_bytes(path, max_bytes=decode.max_bytes), decode))
+        except (ImageRejected, storage.ReadRefused) as err:
             raise ValueError(f"image {path}: {err}") from None
     return images
 

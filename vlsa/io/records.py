@@ -24,6 +24,8 @@ from vlsa.tokens import IMAGE_TOKEN
 USER, ASSISTANT = "user", "assistant"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
+# A record file is parsed whole in memory; the largest public LLaVA instruction file is about 1 GiB.
+MAX_RECORD_FILE_BYTES = 4 * 1024**3
 
 
 class RecordRejected(ValueError):
@@ -104,13 +106,17 @@ class RejectStats:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def read_raw(uri: str) -> Iterator[tuple[int, Any]]:
+def read_raw(uri: str, max_bytes: int = MAX_RECORD_FILE_BYTES) -> Iterator[tuple[int, Any]]:
     """(index, raw record) pairs of a JSON list or JSONL file (local or ``s3://``).
 
     A JSONL line that is not valid JSON is yielded as a ``RecordRejected`` for the validator to
-    count; a JSON list file that does not parse is an error of the whole file.
+    count; a JSON list file that does not parse is an error of the whole file, and so is a file
+    that is not a regular file or is larger than ``max_bytes`` (refused before it is read).
     """
-    data = storage.read_bytes(uri)
+    try:
+        data = storage.read_bytes(uri, max_bytes=max_bytes)
+    except storage.ReadRefused as err:
+        raise ValueError(f"record file {uri}: {err}") from None
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
         data = data[3:]
     if data.lstrip().startswith(b"["):
@@ -131,9 +137,9 @@ def read_raw(uri: str) -> Iterator[tuple[int, Any]]:
         index += 1
 
 
-def load_records(uri: str) -> tuple[list[Record], RejectStats]:
+def load_records(uri: str, max_bytes: int = MAX_RECORD_FILE_BYTES) -> tuple[list[Record], RejectStats]:
     """Read and validate every record of a file; invalid ones are counted, not raised."""
-    return validate_all(read_raw(uri))
+    return validate_all(read_raw(uri, max_bytes))
 
 
 def validate_all(raw: Iterable[tuple[int, Any]]) -> tuple[list[Record], RejectStats]:
@@ -232,10 +238,14 @@ def resolve_image(root: str, rel: str) -> str:
     return full
 
 
-def read_image_bytes(root: str, rel: str) -> bytes:
-    """The encoded bytes of image ``rel`` under ``root``; a missing or unreadable file is ``image_missing``."""
+def read_image_bytes(root: str, rel: str, max_bytes: int | None = None) -> bytes:
+    """The encoded bytes of image ``rel`` under ``root``; a missing or unreadable file is ``image_missing``,
+    one that is not a regular file or is larger than ``max_bytes`` is refused before it is read
+    (``image_not_a_file``, ``image_too_many_bytes``)."""
     full = resolve_image(root, rel)
     try:
-        return storage.read_bytes(full)
+        return storage.read_bytes(full, max_bytes=max_bytes)
+    except storage.ReadRefused as err:
+        raise RecordRejected(f"image_{err.reason}", err.detail) from None
     except Exception as err:  # noqa: BLE001 - any storage failure is one counted rejection
         raise RecordRejected("image_missing", f"image {full}: {type(err).__name__}: {err}") from None

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from functools import lru_cache
@@ -45,9 +46,13 @@ def endpoint_url() -> str | None:
 
 
 def _setting() -> tuple:
-    """What selects an S3 client in this process: a forked child or a changed endpoint gets a new one."""
+    """What selects an S3 client in this process: a forked child, a changed endpoint or changed keys
+    (short-lived credentials are rotated) get a new one. Secrets enter only as a digest."""
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or ""
-    return os.getpid(), endpoint_url() or "", region, os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_PROFILE", "")
+    secret = "\0".join(os.environ.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                        "AWS_SHARED_CREDENTIALS_FILE"))
+    return (os.getpid(), endpoint_url() or "", region, os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            os.environ.get("AWS_PROFILE", ""), hashlib.sha256(secret.encode()).hexdigest())
 
 
 def s3_client():
@@ -57,16 +62,24 @@ def s3_client():
 
 
 @lru_cache(maxsize=8)
-def _boto3_client(pid: int, endpoint: str, region: str, key_id: str, profile: str):
+def _boto3_client(pid: int, endpoint: str, region: str, key_id: str, profile: str, secret_digest: str):
+    """Keys set in the environment are passed on explicitly: boto3's default session caches the first
+    keys it finds, and the environment at call time must decide, as it does for pyarrow."""
     import boto3
     from botocore.config import Config as BotoConfig
 
     retries = BotoConfig(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}, max_pool_connections=32)
-    return boto3.client("s3", endpoint_url=endpoint or None, config=retries)
+    keys = {
+        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": os.environ.get("AWS_SESSION_TOKEN"),
+    }
+    keys = keys if keys["aws_access_key_id"] and keys["aws_secret_access_key"] else {}
+    return boto3.client("s3", endpoint_url=endpoint or None, config=retries, **keys)
 
 
 @lru_cache(maxsize=8)
-def _arrow_s3(pid: int, endpoint: str, region: str, key_id: str, profile: str):
+def _arrow_s3(pid: int, endpoint: str, region: str, key_id: str, profile: str, secret_digest: str):
     from pyarrow import fs
 
     kwargs = {"retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)}
@@ -94,11 +107,62 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base).expanduser().joinpath(*parts))
 
 
-def read_bytes(uri: str) -> bytes:
+class ReadRefused(ValueError):
+    """A read refused before its bytes were read: ``reason`` is ``not_a_file`` or ``too_many_bytes``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole file or object. With ``max_bytes`` its type and size are checked first (``stat`` locally,
+    the object's length on S3), so a huge file costs no memory and a FIFO or device never blocks the read."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    return Path(uri).expanduser().read_bytes()
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+        if max_bytes is None:
+            return response["Body"].read()
+        # The length arrives with the headers (one request, as a head_object would cost): the body is
+        # closed unread when it is too large.
+        with response["Body"] as body:
+            check_size(uri, response["ContentLength"], max_bytes)
+            return _bounded(uri, body, max_bytes)
+    path = Path(uri).expanduser()
+    return path.read_bytes() if max_bytes is None else _read_local(path, max_bytes)
+
+
+def check_size(where: str, size: int, max_bytes: int) -> None:
+    """Refuse a file larger than ``max_bytes``."""
+    if size > max_bytes:
+        raise ReadRefused("too_many_bytes", f"{where}: {size} bytes > limit {max_bytes}")
+
+
+def _read_local(path: Path, max_bytes: int) -> bytes:
+    _check_regular(path, os.stat(path).st_mode)
+    # O_NONBLOCK: a file swapped for a FIFO after the stat must not block the open; fstat re-checks it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        _check_regular(path, info.st_mode)
+        check_size(str(path), info.st_size, max_bytes)
+        return _bounded(str(path), handle, max_bytes)
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_IFIFO: "named pipe", stat.S_IFDIR: "folder", stat.S_IFSOCK: "socket"}.get(
+            stat.S_IFMT(mode), "device or special file"
+        )
+        raise ReadRefused("not_a_file", f"{path} is a {kind}, not a regular file")
+
+
+def _bounded(where: str, handle, max_bytes: int) -> bytes:
+    # A file that grew after its size was checked is still cut off one byte past the limit.
+    data = handle.read(max_bytes + 1)
+    check_size(where, len(data), max_bytes)
+    return data
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -46,18 +46,25 @@ class DecodedShard:
 class ImageReader:
     """Reads image bytes below a local folder or an ``s3://`` prefix (one S3 client per reader)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, max_bytes: int | None = None) -> None:
         self.root = root
+        self.max_bytes = max_bytes
         self.fs, self.base = storage.pyarrow_filesystem(root) if storage.is_s3(root) else (None, "")
 
     def read(self, rel: str) -> bytes:
-        """The bytes of image ``rel``; ``RecordRejected`` for a bad path or a missing/unreadable file."""
+        """The bytes of image ``rel``; ``RecordRejected`` for a bad path, a missing/unreadable file, or one
+        over ``max_bytes`` (checked from the object's size before it is read)."""
         if self.fs is None:
-            return read_image_bytes(self.root, rel)  # also refuses symlinks that leave the root
+            return read_image_bytes(self.root, rel, self.max_bytes)  # also refuses symlinks that leave the root
         path = f"{self.base}/{safe_relative_path(rel)}"
         try:
-            with self.fs.open_input_file(path) as handle:
-                return handle.read()
+            with self.fs.open_input_file(path) as handle:  # opening asks S3 for the size; no byte is read yet
+                if self.max_bytes is None:
+                    return handle.read()
+                storage.check_size(f"s3://{path}", handle.size(), self.max_bytes)
+                return handle.read(self.max_bytes + 1)
+        except storage.ReadRefused as err:
+            raise RecordRejected(f"image_{err.reason}", err.detail) from None
         except Exception as err:  # noqa: BLE001 - any storage failure is one rejected image
             raise RecordRejected("image_missing", f"image s3://{path}: {type(err).__name__}: {err}") from None
 
@@ -122,7 +129,7 @@ def unpack(blob: bytes) -> DecodedShard:
 
 def decode_batch(batch: dict[str, np.ndarray], *, root: str, decode: DecodeConfig, geometry: LabelGeometry) -> dict:
     """Ray Data read step: rows {shard, items (JSON)} -> rows {shard, payload (packed shard)}."""
-    reader = ImageReader(root)
+    reader = ImageReader(root, decode.max_bytes)
     payloads = []
     for shard, items_json in zip(batch["shard"], batch["items"]):
         items = [Item(*pair) for pair in json.loads(str(items_json))]
