@@ -5,7 +5,7 @@ Tensor keys: ``input_ids`` (B, T) long, right-padded with the pad id; ``attentio
 ``pixel_lo`` (N, 3, s, s); ``pixel_hi`` (N, M, 3, s, s) with ``tile_mask`` (N, M) bool (M: most tiles
 in the batch, padded tiles zero and False); and exactly one of ``recon_pixels`` (N, 3, S, S) or
 ``recon_latent`` (N, C, s', s'). Non-tensor keys: ``ids``, ``ssft`` (kinds per sample) and
-``skipped`` (reasons of records replaced while loading), which the model ignores.
+``skipped`` ((id, reason) of records replaced while loading), which the model ignores.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Collator:
         batch.update(self.images(samples))
         batch["ids"] = [s["id"] for s in samples]
         batch["ssft"] = [list(s.get("ssft", [])) for s in samples]
-        batch["skipped"] = [reason for s in samples for reason in s.get("skipped", [])]
+        batch["skipped"] = [tuple(pair) for s in samples for pair in s.get("skipped", [])]
         return batch
 
     def text(self, samples: list[dict]) -> dict:

@@ -42,6 +42,11 @@ class LabelStore(Mapping):
             self._index.update((rid, (shard, row)) for row, rid in enumerate(ids))
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the labels were made from (``vlsa.labels.schema.label_identity`` at labeling time)."""
+        return self.manifest["identity"]
+
     def __getitem__(self, key: str) -> dict[str, Any]:
         shard, row = self._index[key]
         group, offset = divmod(row, ROW_GROUP_ROWS)

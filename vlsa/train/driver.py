@@ -86,13 +86,15 @@ def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
 def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     """Run every stage of ``cfg`` on the current Ray cluster; returns where the results are."""
     from vlsa.train.loop import JobInfo
+    from vlsa.train.prepare import prepare_stages
 
     cfg = resolve(cfg)
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     run = ckpt.run_uri(cfg.run.storage_path, cfg.run.name)
+    validations = prepare_stages(cfg, run)  # data problems stop here, before any worker or MLflow run
     params = tracking.config_params(cfg.to_dict())
     run_id = tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, params)
-    job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id)
+    job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id, validations=tuple(validations))
     try:
         build_trainer(cfg, job, train_fn).fit()
         final = ckpt.latest_complete(run)

@@ -50,6 +50,9 @@ class JobInfo:
     """MLflow tracking URI."""
     parent_run_id: str
     """The job's MLflow run; stages log to runs nested under it."""
+    validations: tuple[str, ...] = ()
+    """Per stage, the validation manifest the driver checked (``vlsa.train.prepare``); none: the
+    workers validate the data themselves (small runs started without the driver)."""
 
 
 @dataclass(frozen=True)
@@ -241,10 +244,15 @@ class StageRun:
         seed_everything(cfg.train.seed, stage_index, worker.rank)
         from vlsa.model.builder import build_model_tokenizer
 
+        validation = job.validations[stage_index] if job.validations else ""
         self.data = build_stage_data(cfg, self.stage, build_model_tokenizer(cfg), rank=worker.rank,
-                                     world_size=worker.world_size)
+                                     world_size=worker.world_size, validation=validation)
         self.engine, self.model, self.optimizer, self.group_names = build_engine(
             cfg, stage_index, plan.weights, worker, self.data.total_steps)
+        from vlsa.train.rejects import TrainingRejects
+
+        self.rejects = TrainingRejects(self.data.dataset.stats, self.stage.data.reject_threshold,
+                                       f"stage {self.stage.name} data {self.stage.data.train}", worker.device)
         guard = SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} ")
         self.progress = train_state.Progress(0, guard)
         resume = plan.resume if plan.start == stage_index else None
@@ -297,6 +305,7 @@ class StageRun:
 
         info = StepInfo(self.index, self.stage.name, self.progress.step + 1, self.worker.rank)
         batches = take(stream, accumulation)
+        self.rejects.add(batches)
         if self.hooks.on_batch is not None:
             batches = [self.hooks.on_batch(b, info) for b in batches]
         batches = [to_device(b, self.worker.device) for b in batches]
@@ -306,7 +315,9 @@ class StageRun:
         self.progress.step += 1
         self.progress.samples += result.samples
         self.progress.skips.record(result)
+        self.rejects.sync()
         self._log(result, lrs, seconds)
+        self.rejects.check()  # every rank agrees on the counts, so every rank stops together
         self.progress.skips.check(result, self.progress.step)  # raises after too many skips in a row
         if self.hooks.after_step is not None:
             self.hooks.after_step(StepInfo(self.index, self.stage.name, self.progress.step, self.worker.rank, result))
@@ -316,7 +327,7 @@ class StageRun:
         if self.worker.rank != 0:
             return
         epoch = self.progress.samples / max(1, len(self.data.dataset))
-        metrics = step_metrics(result, lrs, self.progress, seconds, epoch)
+        metrics = step_metrics(result, lrs, self.progress, seconds, epoch) | self.rejects.metrics()
         self.tracker.log_metrics(metrics, self.progress.step)
         total = self.data.total_steps
         if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
@@ -377,7 +388,7 @@ class StageRun:
 def train_worker(config: dict[str, Any], hooks: Hooks | None = None) -> None:
     """Ray Train's per-worker function: ``config = {"cfg": Config.to_dict(), "job": JobInfo fields}``."""
     cfg = config_from_dict(config["cfg"])
-    job = JobInfo(**config["job"])
+    job = JobInfo(**{**config["job"], "validations": tuple(config["job"].get("validations", ()))})
     worker = setup_worker(cfg.run.use_gpu)
     plan = make_plan(cfg, job.run)
     weights = plan.weights
