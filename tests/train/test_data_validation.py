@@ -101,7 +101,7 @@ def _validated_then_missing(private_demo, cache_dir, tmp_path, tracking_uri, thr
     """A run whose data was validated, after which one image of the pretrain file disappeared."""
     demo = type("Demo", (), {"image_root": private_demo["image_root"], "pretrain": private_demo["train"],
                              "instruct": private_demo["train"]})
-    cfg = small_config(demo, cache_dir, tmp_path / "runs", "rejects", tracking_uri, workers=0, steps=1, labels="",
+    cfg = small_config(demo, cache_dir, tmp_path / "runs", "rejects", tracking_uri, workers=1, steps=1, labels="",
                        extra=(*NO_SSFT, f"train.stages.0.data.reject_threshold={threshold}",
                               f"train.stages.1.data.reject_threshold={threshold}", "train.checkpoint_every=0",
                               "run.max_failures=0"))

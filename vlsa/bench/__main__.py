@@ -13,6 +13,7 @@ BENCHMARKS = {
     "label": "vlsa.bench.label",
     "ray-overhead": "vlsa.bench.ray_overhead",
     "latency": "vlsa.bench.latency",
+    "startup": "vlsa.bench.startup",
 }
 
 

@@ -34,7 +34,7 @@ def label_command(cfg: Config, index: int, output: str = "OUT") -> str:
     data = cfg.train.stages[index].data
     args = ["python", "ray_jobs/label.py", "--data", data.train, "--image-root", data.image_root,
             "--output", output, "--config", "C"]
-    return " ".join(shlex.quote(a) if a not in ("C", "OUT") else a for a in args)
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def _missing(cfg: Config, index: int, why: str) -> LabelsMissing:
