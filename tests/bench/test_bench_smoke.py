@@ -129,3 +129,13 @@ def test_unknown_benchmark_is_refused():
 def test_tiles_over_the_cap_are_refused(capsys, cache_dir):
     with pytest.raises(ValueError, match="bench.tiles=5 exceeds model.encoding.max_tiles=4"):
         main(["step", "--preset", "tiny", "--smoke", "--set", f"model.cache_dir={cache_dir}", "--set", "bench.tiles=5"])
+
+
+def test_startup(capsys, cache_dir):
+    r = bench_json(capsys, "startup", cache_dir, "--set", "demo.train_images=4", "--set", "demo.eval_images=2",
+                   "--set", "bench.repeats=1")
+    small, large = r["settings"]["sizes"]
+    assert large == 100 * small and small >= 4
+    assert positive(r["ratio"]) and r["ratio"] == pytest.approx(r[f"first_step_s_{large}"] / r[f"first_step_s_{small}"])
+    for size in (small, large):
+        assert 0 < r[f"data_s_{size}"] < r[f"first_step_s_{size}"] and positive(r[f"validate_s_{size}"])
