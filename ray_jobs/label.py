@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-root", required=True, help="folder or s3:// prefix the image paths are under")
     parser.add_argument("--output", required=True, help="output folder or s3:// prefix")
     parser.add_argument("--config", default="tiny", help="preset name or YAML path (default: tiny)")
+    parser.add_argument("--allow-duplicate-ids", action="store_true",
+                        help="skip and count records whose id repeats an earlier one (default: an error)")
     add_num_cpus_argument(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. label.batch_size=32")
     return parser.parse_args(argv)
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config, args.overrides)  # a bad config fails before Ray starts
     with ray_session(args.num_cpus):
-        summary = run_labeling(cfg, args.data, args.image_root, args.output)
+        summary = run_labeling(cfg, args.data, args.image_root, args.output,
+                               allow_duplicate_ids=args.allow_duplicate_ids)
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
 

@@ -337,7 +337,10 @@ class DataConfig:
     template: str = "plain"
     """Chat template: plain (Stage I), vicuna_v1, llama3, chatml."""
     reject_threshold: float = 0.05
-    """Stop with an error when more than this fraction of records is rejected."""
+    """Stop with an error when more than this fraction of records is rejected (at validation, and
+    counting the records found bad during training)."""
+    allow_duplicate_ids: bool = False
+    """Skip (and count) records whose id repeats an earlier one; False: a repeated id is an error."""
     ssft: SSFTConfig = field(default_factory=SSFTConfig)
     """Cognition-alignment augmentation of this stage's conversations."""
 

@@ -176,3 +176,13 @@ def test_build_memory(capsys, cache_dir):
     assert sum(w["held_parameters"] for w in two) < 1.01 * one["held_parameters"]  # split, not copied
     assert r["ratio"] == pytest.approx(r["peak_gib_2_workers"] / r["peak_gib_1_worker"])
     assert two[0]["losses"] == two[1]["losses"]  # one model trained by both workers
+
+
+def test_startup(capsys, cache_dir):
+    r = bench_json(capsys, "startup", cache_dir, "--set", "demo.train_images=4", "--set", "demo.eval_images=2",
+                   "--set", "bench.repeats=1")
+    small, large = r["settings"]["sizes"]
+    assert large == 100 * small and small >= 4
+    assert positive(r["ratio"]) and r["ratio"] == pytest.approx(r[f"first_step_s_{large}"] / r[f"first_step_s_{small}"])
+    for size in (small, large):
+        assert 0 < r[f"data_s_{size}"] < r[f"first_step_s_{size}"] and positive(r[f"validate_s_{size}"])

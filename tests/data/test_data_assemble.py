@@ -162,6 +162,6 @@ def test_a_record_failing_mid_epoch_is_replaced_and_reported(tiny_cfg, tokenizer
     dataset = build_dataset(tiny_cfg, _data(tiny_cfg, str(tmp_path / "train.json"), str(root)), tokenizer)
     (root / rows[1]["image"]).unlink()  # gone after the up-front check
     sample = dataset[1]
-    assert sample["id"] == rows[2]["id"] and sample["skipped"] == ["image_missing"]
+    assert sample["id"] == rows[2]["id"] and sample["skipped"] == [(rows[1]["id"], "image_missing")]
     assert dataset.skipped == {"image_missing": 1}
-    assert Collator(tokenizer.pad_token_id)([dataset[0], sample])["skipped"] == ["image_missing"]
+    assert Collator(tokenizer.pad_token_id)([dataset[0], sample])["skipped"] == [(rows[1]["id"], "image_missing")]

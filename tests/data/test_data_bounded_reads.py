@@ -15,7 +15,7 @@ from PIL import Image
 
 from vlsa.config import DecodeConfig
 from vlsa.data.assemble import load_image
-from vlsa.data.records import RecordRejected, load_records, read_image_bytes
+from vlsa.io.records import RecordRejected, load_records, read_image_bytes
 from vlsa.io import storage
 from vlsa.labels.worker import ImageReader
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
+from PIL import Image
 from data_helpers import expected_px, expected_vq, label_row, parse_px, parse_vq, resolution, stated_count
 
 from vlsa.config import SSFTConfig
@@ -119,14 +121,20 @@ def test_draws_depend_only_on_seed_epoch_and_id():
     assert 0.8 < sum(taken) / 400 < 1.2  # two tasks with p = 0.5 each
 
 
-def _builder(tiny_cfg, tokenizer, records, max_length, p=1.0, max_target=1024):
+def _builder(tiny_cfg, tokenizer, records, max_length, root, p=1.0, max_target=1024):
     cfg = copy.deepcopy(tiny_cfg)
     cfg.model.llm.max_length = max_length
     data = copy.deepcopy(cfg.train.stages[1].data)
     data.ssft = SSFTConfig(p_vq=p, p_px=p, max_target_tokens=max_target)
-    labels = {r.id: label_row(i) for i, r in enumerate(records)}
+    labels = {r.id: label_row(i) | _size(root, r.images[0]) for i, r in enumerate(records)}
     builder = SampleBuilder(tokenizer, data, geometry_from_config(cfg), labels=labels, decode=cfg.label.decode, seed=7)
     return builder, labels
+
+
+def _size(root: str, rel: str) -> dict:
+    """The width and height a label row of this image carries (the assembly checks them)."""
+    with Image.open(Path(root) / rel) as image:
+        return {"width": image.width, "height": image.height}
 
 
 def _ssft_answers(sample, tokenizer) -> list[str]:
@@ -140,7 +148,7 @@ def test_assembled_samples_never_pass_max_length_and_targets_are_whole(tiny_cfg,
     records, _ = load_records(demo.instruct)
     short = [Turn("user", "<image>\nWhat is it?"), Turn("assistant", "shapes")]
     records = [Record(r.id, r.images, short) for r in records]
-    builder, labels = _builder(tiny_cfg, tokenizer, records[:10], max_length)
+    builder, labels = _builder(tiny_cfg, tokenizer, records[:10], max_length, demo.image_root)
     inserted = 0
     for record in records[:10]:
         sample = builder.build(record, demo.image_root, epoch=0)
@@ -162,8 +170,8 @@ def test_assembled_samples_never_pass_max_length_and_targets_are_whole(tiny_cfg,
 
 def test_a_resumed_run_sees_the_same_augmented_sample(tiny_cfg, tokenizer, demo):
     records, _ = load_records(demo.instruct)
-    builder, _ = _builder(tiny_cfg, tokenizer, records[:6], 384, p=0.5)
-    again, _ = _builder(tiny_cfg, tokenizer, records[:6], 384, p=0.5)
+    builder, _ = _builder(tiny_cfg, tokenizer, records[:6], 384, demo.image_root, p=0.5)
+    again, _ = _builder(tiny_cfg, tokenizer, records[:6], 384, demo.image_root, p=0.5)
     first = [builder.build(r, demo.image_root, epoch=3)["input_ids"].tolist() for r in records[:6]]
     assert first == [again.build(r, demo.image_root, epoch=3)["input_ids"].tolist() for r in records[:6]]
     other = [builder.build(r, demo.image_root, epoch=4)["input_ids"].tolist() for r in records[:6]]

@@ -13,6 +13,7 @@ from PIL import Image
 from vlsa.config import DecodeConfig
 from vlsa.data.assemble import load_image
 from vlsa.io.records import (
+    DuplicateRecordId,
     RecordRejected,
     RejectStats,
     TooManyRejected,
@@ -113,13 +114,22 @@ def test_invalid_records_are_counted_not_raised(tmp_path):
     lines = [json.dumps(INSTRUCT_665K), "{not json", json.dumps(_with(id="b", image="../x.jpg")),
              json.dumps(_with(id="c")), json.dumps(_with(id="c"))]
     (tmp_path / "d.jsonl").write_bytes("\n".join(lines).encode() + b"\n{\"id\": \"\xff\"}\n")  # not UTF-8
-    records, stats = load_records(str(tmp_path / "d.jsonl"))
+    records, stats = load_records(str(tmp_path / "d.jsonl"), allow_duplicate_ids=True)
     assert [r.id for r in records] == ["000000033471", "c"]
     assert stats.to_dict() == {"total": 6, "accepted": 2,
                                "rejected": {"bad_json": 2, "duplicate_id": 1, "path_escape": 1}}
     with pytest.raises(TooManyRejected, match="4 of 6 records rejected"):
         stats.check(0.6)
     stats.check(0.7)
+
+
+def test_duplicate_ids_are_an_error_by_default_naming_both_records(tmp_path):
+    lines = [json.dumps(_with(id="a")), json.dumps(_with(id="c")), json.dumps(_with(id="c"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines))
+    with pytest.raises(DuplicateRecordId, match=r"record 2: id 'c' is also the id of record 1.*allow_duplicate_ids"):
+        load_records(str(tmp_path / "d.jsonl"))
+    records, stats = load_records(str(tmp_path / "d.jsonl"), allow_duplicate_ids=True)
+    assert [r.id for r in records] == ["a", "c"] and stats.rejected == {"duplicate_id": 1}
 
 
 def test_unreadable_images_are_rejected_with_reasons(tmp_path):

@@ -6,6 +6,7 @@ and resume tests work on a local copy of that output, so both kinds of paths are
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -101,6 +102,19 @@ def test_good_images_labeled_bad_ones_rejected_with_their_reason(s3_run, corpus,
     assert manifest["geometry"] == {"vq_side": 4, "pixels_side": 32, "latent_shape": [16, 8, 8]}
     rotated = next(rid for rid, (name, _) in corpus[2].items() if name == "exif_rotated.jpg")
     assert (labels[rotated]["width"], labels[rotated]["height"]) == (20, 40)  # EXIF applied before labeling
+
+
+def test_manifest_fingerprints_what_was_validated(s3_run, corpus):
+    data, root, out = s3_run[:3]
+    _, bad = _expected(corpus)
+    raw = storage.read_bytes(data)
+    section = read_manifest(out)["validation"]
+    assert section["data"] == {"uri": data, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+    records = len(json.loads(raw))  # the 13 images' records and a text-only one
+    assert section["image_root"] == root and (section["records"], section["accepted"]) == (records, records - 6)
+    image_reasons = {rid: r if r.startswith("image_") else f"image_{r}" for rid, r in bad.items()}
+    assert section["rejected"] == image_reasons
+    assert section["rejects_by_reason"] == dict(sorted(Counter(image_reasons.values()).items()))
 
 
 def test_labels_equal_the_in_process_computation(s3_run, corpus, label_cfg, frozen_models, label_computer):

@@ -17,11 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.integration
-def test_train_job_on_a_ray_cluster_with_s3_and_mlflow(s3_server, mlflow_server_s3, ray_head, train_demo, cache_dir):
+def test_train_job_on_a_ray_cluster_with_s3_and_mlflow(s3_server, mlflow_server_s3, ray_head, train_demo, train_labels,
+                                                       cache_dir):
     from mlflow import MlflowClient
 
     bucket = s3_server.make_bucket("vlsa-train-job")
-    overrides = small_overrides(train_demo, cache_dir, workers=1, steps=2)
+    overrides = small_overrides(train_demo, cache_dir, workers=1, labels=train_labels, steps=2)
     overrides += [f"run.storage_path={bucket}/runs", "run.name=job", f"run.mlflow.tracking_uri={mlflow_server_s3}"]
     env = {**s3_server.client_env(), "HF_HUB_OFFLINE": "1"}  # the test endpoint's own key, not a real one
     status, logs = submit_job(ray_head, ["python", "ray_jobs/train.py", "--config", "tiny", *overrides],

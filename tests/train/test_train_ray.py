@@ -43,10 +43,10 @@ def tracking_uri(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(local_ray, train_demo, cache_dir, tracking_uri, tmp_path_factory):
+def reference(local_ray, train_demo, train_labels, cache_dir, tracking_uri, tmp_path_factory):
     """An uninterrupted run with 2 workers: Stage I on ZeRO-2, Stage II on ZeRO-3, 3 steps each."""
     root = tmp_path_factory.mktemp("runs")
-    cfg = small_config(train_demo, cache_dir, root, "reference", tracking_uri, workers=2)
+    cfg = small_config(train_demo, cache_dir, root, "reference", tracking_uri, workers=2, labels=train_labels)
     outcome = train(cfg)
     losses = {stage: {key: history(tracking_uri, stage_run(tracking_uri, outcome.mlflow_run_id, stage).info.run_id, key)
                       for key in LOSS_KEYS} for stage in ("stage1", "stage2")}
@@ -128,11 +128,11 @@ def _fault_hooks(marker_dir: str, run_dir: str) -> Hooks:
     return Hooks(after_step=after_step, after_restore=after_restore)
 
 
-def test_failed_and_killed_workers_resume_exactly(reference, s3_server, train_demo, cache_dir, tracking_uri,
-                                                  tmp_path):
+def test_failed_and_killed_workers_resume_exactly(reference, s3_server, train_demo, train_labels, cache_dir,
+                                                  tracking_uri, tmp_path):
     _, _, expected = reference
     root = storage.join(s3_server.make_bucket("train-faulty"), "runs")
-    cfg = small_config(train_demo, cache_dir, root, "faulty", tracking_uri, workers=2,
+    cfg = small_config(train_demo, cache_dir, root, "faulty", tracking_uri, workers=2, labels=train_labels,
                        extra=(f"run.scratch_dir={tmp_path / 'scratch'}",))
     run_dir = ckpt.run_uri(root, "faulty")
     markers = tmp_path / "markers"
@@ -173,11 +173,11 @@ def _nan_hooks(steps: tuple[int, ...]) -> Hooks:
     return Hooks(on_batch=on_batch)
 
 
-def test_nan_step_is_skipped_and_consecutive_nans_stop_the_run(local_ray, train_demo, cache_dir, tracking_uri,
-                                                               tmp_path):
+def test_nan_step_is_skipped_and_consecutive_nans_stop_the_run(local_ray, train_demo, train_labels, cache_dir,
+                                                               tracking_uri, tmp_path):
     import ray.train
 
-    cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "nan", tracking_uri, workers=0, steps=6,
+    cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "nan", tracking_uri, workers=0, steps=6, labels=train_labels,
                        extra=("train.max_consecutive_skips=2", "train.checkpoint_every=0"))
     hooks = _nan_hooks(steps=(2, 4, 5))  # one isolated NaN, then two in a row
     with pytest.raises((ray.train.TrainingFailedError, RuntimeError)) as failure:

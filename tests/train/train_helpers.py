@@ -8,21 +8,23 @@ import vlsa
 from vlsa.config import Config
 
 
-def small_overrides(demo, cache_dir: str, *, workers: int, steps: int = 3) -> list[str]:
-    """Both tiny stages on the four-image demo set: ``steps`` steps each, a checkpoint after every step."""
+def small_overrides(demo, cache_dir: str, *, workers: int, labels: str, steps: int = 3) -> list[str]:
+    """Both tiny stages on the four-image demo set: ``steps`` steps each, a checkpoint after every step;
+    ``labels``: the labeling job's output for the instruction file (Stage II inserts SSFT turns)."""
     overrides = [f"model.cache_dir={cache_dir}", f"run.num_workers={workers}", "run.max_failures=2",
                  "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.loader_workers=0"]
     for i in (0, 1):
         overrides += [f"train.stages.{i}.data.image_root={demo.image_root}", f"train.stages.{i}.max_steps={steps}",
                       f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2"]
+    overrides += [f"train.stages.1.data.labels={labels}"] if labels else []
     overrides += [f"train.stages.0.data.train={demo.pretrain}", f"train.stages.1.data.train={demo.instruct}",
                   "train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
     return overrides
 
 
-def small_config(demo, cache_dir: str, root: Path, name: str, tracking_uri: str, *, workers: int,
+def small_config(demo, cache_dir: str, root: Path, name: str, tracking_uri: str, *, workers: int, labels: str,
                  steps: int = 3, extra: tuple[str, ...] = ()) -> Config:
-    overrides = small_overrides(demo, cache_dir, workers=workers, steps=steps)
+    overrides = small_overrides(demo, cache_dir, workers=workers, labels=labels, steps=steps)
     overrides += [f"run.storage_path={root}", f"run.name={name}", f"run.mlflow.tracking_uri={tracking_uri}", *extra]
     return vlsa.load_config("tiny", overrides)
 

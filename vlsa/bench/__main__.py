@@ -19,6 +19,7 @@ BENCHMARKS = {
     "latency": "vlsa.bench.latency",
     "build-memory": "vlsa.bench.build_memory",
     "suite": "vlsa.bench.suite",
+    "startup": "vlsa.bench.startup",
 }
 
 

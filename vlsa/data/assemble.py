@@ -23,6 +23,7 @@ from vlsa.data import ssft as ssft_mod
 from vlsa.data.templates import ChatTemplate, Encoded, build_template, encode, label
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import Record, RecordRejected, Turn, read_image_bytes
+from vlsa.labels.schema import LabelsMismatch, identity_differences
 from vlsa.labels.shards import label_key
 from vlsa.model.encoding import recon_pixels
 from vlsa.model.geometry import config_num_patches, config_token_count, image_token_count, most_visual_tokens
@@ -56,7 +57,7 @@ class SampleBuilder:
     """Turns records into samples (dicts of tensors, see ``build``) for one stage's data config."""
 
     def __init__(self, tokenizer, data: DataConfig, geometry: Geometry, *, labels: Mapping[str, dict] | None,
-                 decode: DecodeConfig, recon: str = "pixels", seed: int = 0):
+                 decode: DecodeConfig, recon: str = "pixels", seed: int = 0, label_identity: dict | None = None):
         if recon not in ("pixels", "latent"):
             raise ValueError(f"recon must be 'pixels' or 'latent', got {recon!r}")
         if (data.ssft.p_vq > 0 or data.ssft.p_px > 0 or recon == "latent") and labels is None:
@@ -66,6 +67,11 @@ class SampleBuilder:
         self.tokenizer, self.data, self.geometry = tokenizer, data, geometry
         self.template: ChatTemplate = build_template(data.template, tokenizer)
         self.labels, self.decode, self.recon, self.seed = labels, decode, recon, seed
+        # Labels that name their identity (a LabelStore) are compared with the config's once here;
+        # every row then carries the verdict, so a mismatch stops at the first sample that uses one.
+        found = getattr(labels, "identity", None)
+        self.identity_problems = (identity_differences(found, label_identity)
+                                  if found is not None and label_identity is not None else [])
         self.encoder = make_encoder(geometry.projector, geometry.image_size, geometry.encoding, geometry.vision_kind)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
@@ -184,8 +190,12 @@ class SampleBuilder:
         """The record's images, decoded to RGB; failures are ``RecordRejected`` with ``image_*`` reasons."""
         return [load_image(image_root, rel, self.decode) for rel in record.images]
 
-    def label_rows(self, record: Record) -> list[dict | None]:
-        """The label row of each image (None without labels); a missing row rejects the record."""
+    def label_rows(self, record: Record, images: list | None = None) -> list[dict | None]:
+        """The label row of each image (None without labels); a missing row rejects the record.
+
+        Each row is checked against its record: image path, decoded width and height (``images``),
+        and the labels' identity (VQ-VAE / VAE content, sides); a mismatch is ``LabelsMismatch``.
+        """
         if self.labels is None:
             return [None] * len(record.images)
         rows = []
@@ -193,7 +203,9 @@ class SampleBuilder:
             key = label_key(record.id, k, len(record.images))
             if key not in self.labels:
                 raise RecordRejected("image_not_labeled", f"record {record.id}: no label row {key!r}")
-            rows.append(self.labels[key])
+            row = self.labels[key]
+            check_row(record, k, row, images[k] if images is not None else None, self.identity_problems)
+            rows.append(row)
         return rows
 
     def build(self, record: Record, image_root: str, epoch: int = 0) -> dict:
@@ -202,7 +214,7 @@ class SampleBuilder:
         (n, C, s', s'), plus ``id``, ``ssft`` (the kinds of SSFT turns inserted) and ``ssft_coverage``
         (the fraction of each drawn target's quarter the answer covers)."""
         images = self.load_images(record, image_root)
-        rows = self.label_rows(record)
+        rows = self.label_rows(record, images)
         tiles = [self.encoder.num_tiles(im.width, im.height) for im in images]
         visual = sum(self.geometry.image_tokens(im.height, im.width, m) - 1 for im, m in zip(images, tiles))
         turns, encoded = self.fit(record, visual)
@@ -241,6 +253,20 @@ class SampleBuilder:
         for key in self.labels:
             return tuple(int(n) for n in self.labels[key]["latent_shape"])
         raise ValueError("no label rows to take the latent shape from")
+
+
+def check_row(record: Record, k: int, row: dict, image, identity_problems: list[str]) -> None:
+    """Raise ``LabelsMismatch`` naming the record and both values unless ``row`` labels image ``k`` of it."""
+    where = f"record {record.id} image {k}"
+    if identity_problems:
+        raise LabelsMismatch(f"{where}: labels were made with other models or sides: " + "; ".join(identity_problems))
+    if "image" in row and row["image"] != record.images[k]:
+        raise LabelsMismatch(f"{where}: the label row is for image {row['image']!r}, the record has "
+                             f"{record.images[k]!r} (labels made from another data file?)")
+    if image is not None and "width" in row and (row["width"], row["height"]) != image.size:
+        raise LabelsMismatch(f"{where} ({record.images[k]}): the label row is for a {row['width']}x{row['height']} "
+                             f"image, the image read is {image.width}x{image.height} (labels made from another "
+                             f"image root?)")
 
 
 def _render_or_none(template: ChatTemplate, turns: list[Turn]) -> str | None:

@@ -8,7 +8,7 @@ and exactly one of ``recon_pixels`` (N, 3, S, S) or
 ``recon_latent`` (N, C, s', s'); ``vdep_mode`` (B,) bool when the samples come from VDEP's doubled
 data. Non-tensor keys: ``ids``, ``ssft`` (kinds per sample), ``ssft_coverage`` (fraction of each drawn
 target covered, per sample) and
-``skipped`` (reasons of records replaced while loading), which the model ignores.
+``skipped`` ((id, reason) of records replaced while loading), which the model ignores.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Collator:
         batch["ids"] = [s["id"] for s in samples]
         batch["ssft"] = [list(s.get("ssft", [])) for s in samples]
         batch["ssft_coverage"] = [dict(s.get("ssft_coverage", {})) for s in samples]
-        batch["skipped"] = [reason for s in samples for reason in s.get("skipped", [])]
+        batch["skipped"] = [tuple(pair) for s in samples for pair in s.get("skipped", [])]
         return batch
 
     def text(self, samples: list[dict]) -> dict:

@@ -41,6 +41,10 @@ class TooManyRejected(RuntimeError):
     """The rejected fraction of a dataset passed ``data.reject_threshold``."""
 
 
+class DuplicateRecordId(ValueError):
+    """Two records share an id (labels and checkpoints' data positions are keyed by id)."""
+
+
 @dataclass(frozen=True)
 class Turn:
     """One conversation turn; ``ssft`` marks inserted cognition-alignment turns."""
@@ -107,16 +111,21 @@ class RejectStats:
 
 
 def read_raw(uri: str, max_bytes: int = MAX_RECORD_FILE_BYTES) -> Iterator[tuple[int, Any]]:
-    """(index, raw record) pairs of a JSON list or JSONL file (local or ``s3://``).
-
-    A JSONL line that is not valid JSON is yielded as a ``RecordRejected`` for the validator to
-    count; a JSON list file that does not parse is an error of the whole file, and so is a file
-    that is not a regular file or is larger than ``max_bytes`` (refused before it is read).
-    """
+    """(index, raw record) pairs of a JSON list or JSONL file (local or ``s3://``); a file that is not a
+    regular file or is larger than ``max_bytes`` is refused before it is read."""
     try:
         data = storage.read_bytes(uri, max_bytes=max_bytes)
     except storage.ReadRefused as err:
         raise ValueError(f"record file {uri}: {err}") from None
+    yield from parse_raw(data, uri)
+
+
+def parse_raw(data: bytes, uri: str = "data") -> Iterator[tuple[int, Any]]:
+    """(index, raw record) pairs of the bytes of a JSON list or JSONL file read from ``uri``.
+
+    A JSONL line that is not valid JSON is yielded as a ``RecordRejected`` for the validator to
+    count; a JSON list file that does not parse is an error of the whole file.
+    """
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
         data = data[3:]
     if data.lstrip().startswith(b"["):
@@ -137,28 +146,44 @@ def read_raw(uri: str, max_bytes: int = MAX_RECORD_FILE_BYTES) -> Iterator[tuple
         index += 1
 
 
-def load_records(uri: str, max_bytes: int = MAX_RECORD_FILE_BYTES) -> tuple[list[Record], RejectStats]:
-    """Read and validate every record of a file; invalid ones are counted, not raised."""
-    return validate_all(read_raw(uri, max_bytes))
+def load_records(uri: str, allow_duplicate_ids: bool = False,
+                 max_bytes: int = MAX_RECORD_FILE_BYTES) -> tuple[list[Record], RejectStats]:
+    """Read and validate every record of a file; invalid ones are counted, not raised.
+
+    A repeated id is a ``DuplicateRecordId`` error unless ``allow_duplicate_ids`` (then the later
+    records with that id are counted as ``duplicate_id`` rejects).
+    """
+    return validate_all(read_raw(uri, max_bytes), allow_duplicate_ids, where=uri)
 
 
-def validate_all(raw: Iterable[tuple[int, Any]]) -> tuple[list[Record], RejectStats]:
-    """Validate (index, raw) pairs: the accepted records and the counts."""
-    records, stats, seen = [], RejectStats(), set()
+def validate_all(raw: Iterable[tuple[int, Any]], allow_duplicate_ids: bool = False,
+                 where: str = "data") -> tuple[list[Record], RejectStats]:
+    """Validate (index, raw) pairs: the accepted records and the counts (see ``load_records``)."""
+    records, stats, seen = [], RejectStats(), {}
     for index, item in raw:
         try:
             if isinstance(item, RecordRejected):
                 raise item
             record = validate_record(item, index)
             if record.id in seen:
-                raise RecordRejected("duplicate_id", f"record {index}: id {record.id!r} already used")
-            seen.add(record.id)
+                _duplicate(record.id, seen[record.id], index, allow_duplicate_ids, where)
+            seen[record.id] = index
         except RecordRejected as err:
             stats.add(err.reason)
             continue
         stats.add(None)
         records.append(record)
     return records, stats
+
+
+def _duplicate(rid: str, first: int, index: int, allow: bool, where: str) -> None:
+    detail = f"record {index}: id {rid!r} is also the id of record {first}"
+    if not allow:
+        raise DuplicateRecordId(
+            f"{where}: {detail}; record ids must be unique (labels are looked up by id). "
+            f"Fix the ids, or set data.allow_duplicate_ids=true to skip the later records"
+        )
+    raise RecordRejected("duplicate_id", detail)
 
 
 # --------------------------------------------------------------------------------------- validation

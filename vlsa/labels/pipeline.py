@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vlsa.config import Config, LabelConfig
-from vlsa.io.records import load_records
+from vlsa.io import storage
+from vlsa.io.records import Record, load_records, parse_raw, validate_all
+from vlsa.io.validation import SECTION, data_fingerprint, validation_section
 from vlsa.labels import progress as progress_lib
 from vlsa.labels.compute import LabelGeometry
 from vlsa.labels.schema import label_identity
@@ -24,7 +26,9 @@ from vlsa.labels.shards import (
     ensure_spec,
     fingerprint,
     items_of,
+    label_key,
     plan_shards,
+    rejected_ids,
     write_manifest,
 )
 from vlsa.labels.worker import ShardLabeler, decode_batch
@@ -135,13 +139,27 @@ def _run_ray(cfg: Config, shards: list[list[Item]], pending: list[int], image_ro
     return tracker
 
 
+def record_rejects(records: list[Record], rejected_images: dict[str, str]) -> dict[str, str]:
+    """record id -> reason, for the records with a rejected image (label ids mapped back to records)."""
+    out: dict[str, str] = {}
+    for record in records:
+        for k in range(len(record.images)):
+            reason = rejected_images.get(label_key(record.id, k, len(record.images)))
+            if reason is not None and record.id not in out:
+                out[record.id] = reason if reason.startswith("image_") else f"image_{reason}"
+    return out
+
+
 def run_labeling(cfg: Config, data: str, image_root: str, output: str,
-                 log: Callable[[str], None] = logger.info) -> dict[str, Any]:
+                 log: Callable[[str], None] = logger.info, allow_duplicate_ids: bool = False) -> dict[str, Any]:
     """Label every image of ``data`` into ``output`` (local or ``s3://``); returns the run summary.
 
     Completed shards are skipped, so a re-run is a no-op and a killed run resumes where it stopped.
+    The manifest's ``validation`` section (``vlsa.io.validation``) lets training trust the data
+    without reading the images again.
     """
-    records, stats = load_records(data)
+    raw = storage.read_bytes(data)
+    records, stats = validate_all(parse_raw(raw, data), allow_duplicate_ids, where=data)
     items = items_of(records)
     shards = plan_shards(items, cfg.label.rows_per_shard)
     geometry = LabelGeometry.from_config(cfg)
@@ -162,6 +180,8 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
         tracker = progress_lib.Progress(len(shards), 0, 0, log)
     source = {"data": data, "image_root": image_root, "records": stats.to_dict()}
     manifest = build_manifest(output, shards, spec, source)
+    rejected = record_rejects(records, rejected_ids(output, len(shards)))
+    manifest[SECTION] = validation_section(data_fingerprint(data, raw), image_root, cfg.label.decode, stats, rejected)
     write_manifest(output, manifest)
     summary = tracker.summary(manifest)
     summary["invalid_records"] = stats.to_dict()["rejected"]

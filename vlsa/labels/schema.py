@@ -28,8 +28,9 @@ Label columns (schema version 1):
   when the VAE has none). This is the ``recon_latent`` the model consumes.
 - ``latent_shape`` (list<int32>).
 
-Model identity: a part loaded from ``path`` is named by path and subfolder; a part built from
-``init`` by its init dict and the model seed. Training refuses labels whose schema version, VQ
+Model identity: a part loaded from ``path`` is named by its config and a SHA-256 of its weight
+files (not by the path: a hub name and an ``s3://`` copy of the same weights are the same labels); a
+part built from ``init`` by its init dict and the model seed. Training refuses labels whose schema version, VQ
 identity, VAE identity or image sides differ from its config.
 """
 
@@ -43,6 +44,7 @@ import pyarrow as pa
 
 from vlsa.config import ComponentConfig, Config
 from vlsa.labels.compute import LabelGeometry
+from vlsa.model.builder import content_identity
 
 SCHEMA_VERSION = 1
 ROW_GROUP_ROWS = 64
@@ -83,10 +85,12 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def component_identity(part: ComponentConfig, seed: int) -> dict[str, Any]:
-    """What names a model part: its path and subfolder, or its init dict and seed."""
+def component_identity(part: ComponentConfig, seed: int, cache_dir: str) -> dict[str, Any]:
+    """What a model part is: for one loaded from ``path``, its config and a fingerprint of its
+    weights' content (so a hub name and an ``s3://`` copy of the same weights agree); for one built
+    from ``init``, that dict and the seed."""
     if part.path:
-        return {"path": part.path, "subfolder": part.subfolder}
+        return content_identity(part, cache_dir)
     return {"init": json.loads(json.dumps(part.init, sort_keys=True)), "seed": seed}
 
 
@@ -95,8 +99,8 @@ def label_identity(cfg: Config) -> dict[str, Any]:
     geometry = LabelGeometry.from_config(cfg)
     return {
         "schema_version": SCHEMA_VERSION,
-        "vq": component_identity(cfg.model.vq, cfg.model.seed),
-        "vae": component_identity(cfg.model.recon.vae, cfg.model.seed),
+        "vq": component_identity(cfg.model.vq, cfg.model.seed, cfg.model.cache_dir),
+        "vae": component_identity(cfg.model.recon.vae, cfg.model.seed, cfg.model.cache_dir),
         "vq_image_size": geometry.vq_image_size,
         "recon_image_size": geometry.recon_image_size,
         "pixels_side": geometry.vision_side,
@@ -106,11 +110,14 @@ def label_identity(cfg: Config) -> dict[str, Any]:
 def identity_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """One line per key whose values differ, naming both."""
     keys = sorted(set(found) | set(expected))
-    return [
-        f"{key}: labels have {found.get(key)!r}, config has {expected.get(key)!r}"
-        for key in keys
-        if found.get(key) != expected.get(key)
-    ]
+    return [_difference(key, found.get(key), expected.get(key)) for key in keys if found.get(key) != expected.get(key)]
+
+
+def _difference(key: str, found: Any, expected: Any) -> str:
+    if isinstance(found, dict) and isinstance(expected, dict):  # a model part: name only what differs
+        inner = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        found, expected = ({k: side.get(k) for k in inner} for side in (found, expected))
+    return f"{key}: labels have {found!r}, config has {expected!r}"
 
 
 def check_manifest(manifest: dict[str, Any], cfg: Config, where: str) -> None:

@@ -166,6 +166,19 @@ def build_manifest(output: str, shards: list[list[Item]], spec: dict[str, Any], 
     }
 
 
+def rejected_ids(output: str, shards: int) -> dict[str, str]:
+    """label id -> reason of every image the run rejected, read back from the rejects files."""
+    def read(shard: int) -> dict[str, str]:
+        table = open_parquet(rejects_uri(output, shard)).read(columns=["id", "reason"])
+        return dict(zip(table.column("id").to_pylist(), table.column("reason").to_pylist()))
+
+    out: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for part in pool.map(read, range(shards)):
+            out.update(part)
+    return out
+
+
 def write_manifest(output: str, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` (last: its presence means the output is complete)."""
     storage.write_bytes(storage.join(output, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())

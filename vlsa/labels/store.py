@@ -109,6 +109,11 @@ class LabelStore(Mapping):
         return {"rows_read": self.rows_read, "bytes_read": self.bytes_read, "bytes_per_row": per_row,
                 "row_bytes": self.row_bytes}
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the labels were made from (``vlsa.labels.schema.label_identity`` at labeling time)."""
+        return self.manifest["identity"]
+
     def __getitem__(self, key: str) -> dict[str, Any]:
         shard, row = self._index[key]
         starts = self._starts[shard]

@@ -15,6 +15,7 @@ transformers part stored without safetensors goes through transformers' own ZeRO
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -100,6 +101,53 @@ def _partitioned_load(cls: type, source: str, subfolder: str, zero3: dict[str, A
     # a pretrained file may hold more than this class uses (a CLIP checkpoint's text tower)
     weights.load_into(model, files, strict=False)
     return model.eval()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def part_folder(part: ComponentConfig, cache_dir: str) -> Path:
+    """The local folder ``from_pretrained`` reads a part with a ``path`` from: the folder itself, the
+    cached copy of an ``s3://`` prefix, or the hub cache's snapshot of a hub name."""
+    if storage.is_s3(part.path):
+        base = storage.local_copy(part.path, cache_dir)
+    elif Path(part.path).expanduser().is_dir():
+        base = Path(part.path).expanduser()
+    else:
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"{part.subfolder}/*"] if part.subfolder else None
+        base = Path(snapshot_download(part.path, allow_patterns=patterns))
+    return base / part.subfolder if part.subfolder else base
+
+
+def content_identity(part: ComponentConfig, cache_dir: str) -> dict[str, Any]:
+    """What a part loaded from ``path`` is, independent of where it is stored: its config (without
+    the ``_``-prefixed bookkeeping keys) and a SHA-256 over its weight files' names and contents."""
+    try:
+        folder = part_folder(part, cache_dir)
+    except Exception as err:  # noqa: BLE001 - any failure to locate the weights names the part
+        raise FileNotFoundError(f"cannot read the weights of {part.path!r} (subfolder {part.subfolder!r}) "
+                                f"to fingerprint them: {type(err).__name__}: {err}") from None
+    return _folder_identity(str(folder.resolve()))
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_identity(folder: str) -> dict[str, Any]:
+    root = Path(folder)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root} has no config.json: not a saved model folder")
+    config = {k: v for k, v in json.loads((root / "config.json").read_text()).items() if not k.startswith("_")}
+    digest = hashlib.sha256()
+    weights = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise FileNotFoundError(f"{root} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    for path in weights:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\x00")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 23), b""):
+                digest.update(chunk)
+    return {"config": config, "weights": f"sha256:{digest.hexdigest()}"}
 
 
 def _from_config(cls: type, source: str, subfolder: str, load_kwargs: dict[str, Any]) -> Any:

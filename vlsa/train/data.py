@@ -50,12 +50,14 @@ class StageData:
         self.dataset.set_epoch(self.sampler.epoch)
 
 
-def build_stage_data(cfg: Config, stage: StageConfig, tokenizer, *, rank: int, world_size: int) -> StageData:
-    """The data of ``stage`` for worker ``rank`` of ``world_size``."""
+def build_stage_data(cfg: Config, stage: StageConfig, tokenizer, *, rank: int, world_size: int,
+                     validation: str = "") -> StageData:
+    """The data of ``stage`` for worker ``rank`` of ``world_size``; ``validation``: the manifest the
+    driver checked (the worker then reads no image before training)."""
     from torch.utils.data import DataLoader
 
     # Sizes come from the config, not the model, so loader processes never receive a model copy.
-    dataset = build_dataset(cfg, stage.data, tokenizer)
+    dataset = build_dataset(cfg, stage.data, tokenizer, validation=validation)
     if doubles_for_vdep(cfg, stage):
         dataset = DoubledDataset(dataset)
     sampler = LengthGroupedSampler(dataset.lengths, stage.micro_batch, world_size=world_size, rank=rank,

@@ -28,6 +28,7 @@ from vlsa.config import Config, ConfigError, check_batches
 from vlsa.io import storage, tracking
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.loop import JobInfo, make_plan, train_worker
+from vlsa.train.prepare import prepare_stages
 
 # Where the workers find S3 and MLflow, when the driver knows: endpoints, regions and offline flags.
 # No credential (key, secret, session token, password, token, nor the user they belong to): workers
@@ -209,9 +210,10 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     run = ckpt.run_uri(cfg.run.storage_path, cfg.run.name)
     check_resume(cfg, run)
     done = make_plan(cfg, run).start == len(cfg.train.stages)  # also checks the run's stage names
+    validations = prepare_stages(cfg, run)  # data problems stop here, before any worker or MLflow run
     params = tracking.config_params(cfg.to_dict())
     run_id = tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, params)
-    job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id)
+    job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id, validations=tuple(validations))
     try:
         if done:
             print(f"[vlsa] every stage of run {run} is already complete", flush=True)

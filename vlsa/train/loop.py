@@ -39,6 +39,7 @@ from vlsa.train.data import build_stage_data, take
 from vlsa.train.deepspeed_config import deepspeed_config, use_bf16
 from vlsa.train.schedule import build_scheduler
 from vlsa.train.step import SkipGuard, StepResult, to_device, train_step
+from vlsa.train.rejects import TrainingRejects
 
 logger = logging.getLogger(__name__)
 GRID_IMAGES = 4
@@ -64,6 +65,9 @@ class JobInfo:
     """MLflow tracking URI."""
     parent_run_id: str
     """The job's MLflow run; stages log to runs nested under it."""
+    validations: tuple[str, ...] = ()
+    """Per stage, the validation manifest the driver checked (``vlsa.train.prepare``); none: the
+    workers validate the data themselves (small runs started without the driver)."""
 
 
 @dataclass(frozen=True)
@@ -257,10 +261,14 @@ class StageRun:
         self.hooks = hooks or Hooks()
         seed_everything(cfg.train.seed, stage_index, worker.rank)
 
+        validation = job.validations[stage_index] if job.validations else ""
         self.data = build_stage_data(cfg, self.stage, build_model_tokenizer(cfg), rank=worker.rank,
-                                     world_size=worker.world_size)
+                                     world_size=worker.world_size, validation=validation)
         self.engine, self.model, self.optimizer, self.group_names = build_engine(
             cfg, stage_index, plan.weights, worker, self.data.total_steps)
+
+        self.rejects = TrainingRejects(self.data.dataset.stats, self.stage.data.reject_threshold,
+                                       f"stage {self.stage.name} data {self.stage.data.train}", worker.device)
         guard = SkipGuard(cfg.train.max_consecutive_skips, where=f"stage {self.stage.name} ")
         self.progress = train_state.Progress(0, guard)
         self.coverage = CoverageMeter()  # SSFT targets covered, on this worker's samples
@@ -317,6 +325,7 @@ class StageRun:
         batches = take(stream, accumulation)
         for batch in batches:
             self.coverage.update(batch.get("ssft_coverage", []))
+        self.rejects.add(batches)
         if self.hooks.on_batch is not None:
             batches = [self.hooks.on_batch(b, info) for b in batches]
         batches = [to_device(b, self.worker.device) for b in batches]
@@ -326,7 +335,9 @@ class StageRun:
         self.progress.step += 1
         self.progress.samples += result.samples
         self.progress.skips.record(result)
+        self.rejects.sync()
         self._log(result, lrs, seconds)
+        self.rejects.check()  # every rank agrees on the counts, so every rank stops together
         self.progress.skips.check(result, self.progress.step)  # raises after too many skips in a row
         if self.hooks.after_step is not None:
             self.hooks.after_step(StepInfo(self.index, self.stage.name, self.progress.step, self.worker.rank, result))
@@ -336,7 +347,7 @@ class StageRun:
         if self.worker.rank != 0:
             return
         epoch = self.progress.samples / max(1, len(self.data.dataset))
-        metrics = step_metrics(result, lrs, self.progress, seconds, epoch) | self.coverage.means()
+        metrics = step_metrics(result, lrs, self.progress, seconds, epoch) | self.coverage.means() | self.rejects.metrics()
         self.tracker.log_metrics(metrics, self.progress.step)
         total = self.data.total_steps
         if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
@@ -395,7 +406,7 @@ class StageRun:
 def train_worker(config: dict[str, Any], hooks: Hooks | None = None) -> None:
     """Ray Train's per-worker function: ``config = {"cfg": Config.to_dict(), "job": JobInfo fields}``."""
     cfg = config_from_dict(config["cfg"])
-    job = JobInfo(**config["job"])
+    job = JobInfo(**{**config["job"], "validations": tuple(config["job"].get("validations", ()))})
     worker = setup_worker(cfg.run.use_gpu, cfg.run.scratch_dir)
     plan = make_plan(cfg, job.run)
     weights = plan.weights
