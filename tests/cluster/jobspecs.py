@@ -247,7 +247,8 @@ def _label_identity(cfg) -> dict:
     from vlsa.labels.schema import component_identity
 
     model = cfg.model
-    return {"vq": component_identity(model.vq, model.seed), "vae": component_identity(model.recon.vae, model.seed),
+    return {"vq": component_identity(model.vq, model.seed, model.cache_dir),
+            "vae": component_identity(model.recon.vae, model.seed, model.cache_dir),
             "vq_image_size": model.vq_image_size, "recon_image_size": model.recon.image_size,
             "vision": (model.vision.path, model.vision.init)}
 

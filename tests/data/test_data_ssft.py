@@ -215,7 +215,7 @@ def test_coverage_is_the_fraction_of_the_quarter_answered():
 
 def test_samples_report_the_coverage_of_their_drawn_targets(tiny_cfg, tokenizer, demo):
     records, _ = load_records(demo.instruct)
-    builder, _ = _builder(tiny_cfg, tokenizer, records[:4], 384, max_target=48)
+    builder, _ = _builder(tiny_cfg, tokenizer, records[:4], 384, demo.image_root, max_target=48)
     for record in records[:4]:
         sample = builder.build(record, demo.image_root, epoch=0)
         assert set(sample["ssft_coverage"]) == {"vq", "px"}  # p = 1: both drawn

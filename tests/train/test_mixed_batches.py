@@ -51,7 +51,7 @@ def mixed_config(demo, cache_dir: str, root: Path, tracking_uri: str):
     stage |= {"max_steps": STEPS, "global_batch": 2, "micro_batch": 1, "zero_stage": 3,
               "activation_checkpointing": ["llm"]}
     stage["data"] |= {"train": str(path), "image_root": demo.image_root, "ssft": {"p_vq": 0.0, "p_px": 0.0}}
-    data["train"] |= {"stages": [stage], "num_workers": 0}
+    data["train"] |= {"stages": [stage], "loader_workers": 0}
     data["run"] |= {"num_workers": 2, "max_failures": 0, "storage_path": str(root / "runs"), "name": "mixed"}
     data["run"]["mlflow"]["tracking_uri"] = tracking_uri
     return config_from_dict(data)

@@ -68,7 +68,7 @@ def _artifact_root(cfg) -> Path:
     return root
 
 
-def test_a_run_leaves_no_trace_of_node_credentials(train_demo, cache_dir, tmp_path):
+def test_a_run_leaves_no_trace_of_node_credentials(train_demo, train_labels, cache_dir, tmp_path):
     import ray
 
     assert not ray.is_initialized()
@@ -76,7 +76,7 @@ def test_a_run_leaves_no_trace_of_node_credentials(train_demo, cache_dir, tmp_pa
     flags = tmp_path / "flags"
     flags.mkdir()
     cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "canary", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                       workers=1, steps=1,
+                       workers=1, steps=1, labels=train_labels,
                        extra=("train.checkpoint_every=0", "run.mlflow.experiment=canary"))
     try:
         # The node's environment (what cluster files, an instance role or a secret provide) holds them.

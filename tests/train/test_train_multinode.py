@@ -102,12 +102,12 @@ def _mid_stage2(run: str) -> bool:
     return any(c.stage == "stage2" and not c.final for c in ckpt.list_complete(run))
 
 
-def test_a_killed_node_rejoins_and_each_rank_restores_its_own_shard(two_nodes, s3_server, train_demo, cache_dir,
-                                                                    tmp_path):
+def test_a_killed_node_rejoins_and_each_rank_restores_its_own_shard(two_nodes, s3_server, train_demo, train_labels,
+                                                                    cache_dir, tmp_path):
     head, node = two_nodes
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = storage.join(s3_server.make_bucket("rehearsal"), "runs")
-    common = small_overrides(train_demo, cache_dir, workers=2, steps=4)
+    common = small_overrides(train_demo, cache_dir, workers=2, steps=4, labels=train_labels)
     common += [f"run.storage_path={root}", f"run.mlflow.tracking_uri={tracking}", "train.stages.0.max_steps=1",
                "run.start_timeout_s=300", "run.max_failures=2"]
     reference = _summary(_driver(head, [*common, "run.name=uninterrupted"], tmp_path / "reference.log"),

@@ -197,10 +197,10 @@ def test_nan_step_is_skipped_and_consecutive_nans_stop_the_run(local_ray, train_
 
 
 def test_a_run_without_its_resources_stops_with_what_is_missing_and_the_resume_command(
-        local_ray, train_demo, cache_dir, tracking_uri, tmp_path):
+        local_ray, train_demo, train_labels, cache_dir, tracking_uri, tmp_path):
     from vlsa.train.driver import ResourcesUnavailableError
 
-    cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "starved", tracking_uri, workers=2,
+    cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "starved", tracking_uri, workers=2, labels=train_labels,
                        extra=("run.cpus_per_worker=3", "run.start_timeout_s=5"))
     with pytest.raises(ResourcesUnavailableError) as failure:
         train(cfg)

@@ -36,11 +36,12 @@ def _steps(run: Path) -> list[tuple[int, int, bool]]:
     return [(c.stage_index, c.step, c.final) for c in ckpt.list_complete(str(run))]
 
 
-def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_head, train_demo, cache_dir, tmp_path):
+def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_head, train_demo, train_labels, cache_dir,
+                                                                         tmp_path):
     from mlflow import MlflowClient
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = small_overrides(train_demo, cache_dir, workers=1, steps=3)
+    overrides = small_overrides(train_demo, cache_dir, workers=1, steps=3, labels=train_labels)
     overrides += [f"run.storage_path={tmp_path / 'runs'}", "run.name=rerun", f"run.mlflow.tracking_uri={tracking}",
                   "train.keep_checkpoints=1", "train.stages.1.max_steps=3"]
     run = tmp_path / "runs" / "rerun"

@@ -29,12 +29,9 @@ from vlsa.config import Config, config_from_dict
 from vlsa.data.demo import generate_demo
 from vlsa.data.validate import run_validation
 from vlsa.model.builder import build_model_tokenizer
-from vlsa.train.data import build_stage_data
-from vlsa.train.data import take
-from vlsa.train.loop import Worker
-from vlsa.train.loop import _single_process_group
-from vlsa.train.loop import build_engine
-from vlsa.train.loop import import_deepspeed
+from vlsa.train import state as train_state
+from vlsa.train.data import build_stage_data, take
+from vlsa.train.loop import Worker, _single_process_group, build_engine, import_deepspeed
 from vlsa.train.step import train_step
 
 FACTOR = 100
@@ -50,7 +47,8 @@ def repeated(records: list[dict], count: int) -> list[dict]:
 def first_step(cfg: Config, validation: str) -> dict[str, float]:
     """Seconds of each start-up phase of a one-worker Stage I, up to and including its first step."""
     import_deepspeed()
-    worker = Worker(0, 1, torch.device("cpu"))
+    scratch = train_state.scratch_root(cfg.run.scratch_dir)
+    worker = Worker(0, 1, torch.device("cpu"), train_state.Saver(scratch, 0, 1), scratch)
     _single_process_group(worker.device)
     started = time.perf_counter()
     tokenizer = build_model_tokenizer(cfg)
