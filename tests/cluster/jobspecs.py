@@ -243,12 +243,11 @@ def _placement_problems(spec: JobSpec, cfg) -> list[str]:
 
 
 def _label_identity(cfg) -> dict:
-    """The config parts the labels depend on that are known without downloading any model."""
-    from vlsa.labels.schema import component_identity
-
+    """The config parts the labels depend on that are known without downloading any model (the labeling
+    job fingerprints the weights themselves; two specs naming the same parts get the same weights)."""
     model = cfg.model
-    return {"vq": component_identity(model.vq, model.seed, model.cache_dir),
-            "vae": component_identity(model.recon.vae, model.seed, model.cache_dir),
+    part = lambda p: (p.path, p.subfolder, p.init)  # noqa: E731
+    return {"vq": part(model.vq), "vae": part(model.recon.vae),
             "vq_image_size": model.vq_image_size, "recon_image_size": model.recon.image_size,
             "vision": (model.vision.path, model.vision.init)}
 

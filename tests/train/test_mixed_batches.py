@@ -28,12 +28,18 @@ STEPS = 40
 WORDS = "red green blue yellow square circle triangle left right top bottom one two three four gray".split()
 
 
-def mixed_records(demo) -> list[dict]:
-    """The demo set's image records, each followed by a text-only record (lengths spread over the same range)."""
+def mixed_records(demo, visual_tokens: int = 16) -> list[dict]:
+    """The demo set's image records, each followed by a text-only record of the same estimated length
+    (characters / 4 plus the image's visual tokens), so the length-grouped sampler pairs them up."""
     images = json.loads(Path(demo.pretrain).read_text()) + json.loads(Path(demo.instruct).read_text())
     records = []
     for i, record in enumerate(images):
-        words = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(2 + 5 * i))
+        chars = sum(len(turn["value"]) for turn in record["conversations"]) + 4 * (visual_tokens - 1)
+        words = ""
+        for k in range(10_000):
+            if len(words) * 2 + len("Repeat these words: ") >= chars:
+                break
+            words = f"{words} {WORDS[(i + k) % len(WORDS)]}".strip()
         records += [record, {"id": f"text-{i}", "conversations": [
             {"from": "human", "value": f"Repeat these words: {words}"}, {"from": "gpt", "value": words}]}]
     return records

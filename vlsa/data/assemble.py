@@ -318,15 +318,3 @@ def geometry_from_config(cfg: Config, model=None) -> Geometry:
         projector=cfg.model.projector.type,
         encoding=cfg.model.encoding,
     )
-    return Geometry(
-        image_size=image_size,
-        max_tiles=cfg.model.encoding.max_tiles,
-        vision_kind=cfg.model.vision.kind,
-        visual_tokens=visual,
-        max_length=cfg.model.llm.max_length,
-        recon_size=cfg.model.recon.image_size,
-        vq_image_size=cfg.model.vq_image_size,
-        image_tokens=exact,
-        projector=cfg.model.projector.type,
-        encoding=cfg.model.encoding,
-    )

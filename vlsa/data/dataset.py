@@ -106,7 +106,7 @@ def trusted_dataset(cfg: Config, data: DataConfig, tokenizer, validation: str, *
                                      allow_duplicate_ids=data.allow_duplicate_ids)
     labels, identity = None, None
     if data.labels:
-        labels, identity = load_labels(data.labels, cfg), _label_identity(cfg)
+        labels, identity = load_labels(data.labels, cfg, scratch=data.label_cache), _label_identity(cfg)
     builder = SampleBuilder(tokenizer, data, geometry_from_config(cfg, model), labels=labels,
                             decode=cfg.label.decode, recon="latent" if labels is not None else "pixels",
                             seed=cfg.train.seed, label_identity=identity)
