@@ -47,6 +47,7 @@ class RayHead:
         """A full environment for a Ray CLI client of this head."""
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
         env.update(self.auth_env)
+        env.update(LOOPBACK_ONLY)  # a driver joining a loopback-only head must not resolve itself to another address
         env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
         return env
 
