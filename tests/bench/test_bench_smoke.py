@@ -6,7 +6,9 @@ right type and a possible value, and agrees with the FLOP counter and the model 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 
@@ -36,6 +38,26 @@ def bench_json_and_log(capsys, name: str, cache_dir: str, *extra: str) -> tuple[
     return report, captured.err
 
 
+@pytest.fixture(scope="module")
+def suite(cache_dir, tmp_path_factory) -> tuple[dict, str]:
+    """One ``suite`` run (step, mfu, label and latency) whose sections the per-benchmark tests check:
+    the suite is how these four run on a GPU, and running each again alone would double the tier's time."""
+    out, printed = tmp_path_factory.mktemp("bench-suite"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["suite", "--preset", "tiny", "--device", "cpu", "--smoke", "--json", "--out", str(out),
+                     "--set", f"model.cache_dir={cache_dir}"]) == 0
+    report = json.loads(printed.getvalue())
+    assert json.loads((out / "suite-cpu.json").read_text()) == report  # the file is what was printed
+    return report, str(out)
+
+
+def section(suite: tuple[dict, str], name: str) -> dict:
+    """One benchmark's report inside the suite's file."""
+    r = suite[0][name]
+    assert r["benchmark"] == name and r["settings"]["preset"] == "tiny"
+    return r
+
+
 def positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
@@ -55,8 +77,8 @@ def test_flops(capsys, cache_dir):
     assert 0 < r["prefill_flops_per_image"]["vlsa"] < r["prefill_flops_per_image"]["anyres"]
 
 
-def test_step(capsys, cache_dir):
-    r = bench_json(capsys, "step", cache_dir)
+def test_step(suite):
+    r = section(suite, "step")
     assert positive(r["ratio"]) and positive(r["cpu_ratio"]) and r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
     assert 0 < r["flop_ratio"] < 1 and r["flop_ratio"] == pytest.approx(r["flops"]["vlsa"] / r["flops"]["anyres"])
     check_timing(r["vlsa"])
@@ -74,8 +96,8 @@ def test_step(capsys, cache_dir):
     assert all(0 < x["chunked_bytes"] < x["plain_bytes"] for x in r["lm_logits"].values())
 
 
-def test_mfu(capsys, cache_dir):
-    r = bench_json(capsys, "mfu", cache_dir)
+def test_mfu(suite):
+    r = section(suite, "mfu")
     assert positive(r["mfu"]) and positive(r["flops_per_step"]) and positive(r["peak_flops"])
     assert r["mfu"] == pytest.approx(r["achieved_flops"] / r["peak_flops"])
     assert r["achieved_flops"] == pytest.approx(r["flops_per_step"] / r["step"]["median_s"])
@@ -86,8 +108,8 @@ def test_mfu(capsys, cache_dir):
     check_timing(r["step"])
 
 
-def test_label(capsys, cache_dir):
-    r = bench_json(capsys, "label", cache_dir)
+def test_label(suite):
+    r = section(suite, "label")
     assert positive(r["images_per_s"]) and positive(r["device_images_per_s"])
     assert r["device_images_per_s"] >= r["images_per_s"]  # model time is part of the total
     assert 0 < r["busy_fraction"] <= 1
@@ -107,8 +129,8 @@ def test_label_row(capsys, cache_dir):
     assert r["settings"]["pixels"] == [32, 32, 3] and r["settings"]["latent"] == [16, 8, 8]  # the tiny VAE halves twice
 
 
-def test_latency(capsys, cache_dir, tmp_path):
-    r = bench_json(capsys, "latency", cache_dir, "--out", str(tmp_path))
+def test_latency(suite):
+    r = section(suite, "latency")
     rows = r["rows"]
     assert [row["tiles"] for row in rows] == [1, 4]  # --smoke grids [1, 2]
     assert rows[1]["side"] == 2 * rows[0]["side"]
@@ -146,8 +168,8 @@ def test_tiles_over_the_cap_are_refused(capsys, cache_dir):
         main(["step", "--preset", "tiny", "--smoke", "--set", f"model.cache_dir={cache_dir}", "--set", "bench.tiles=5"])
 
 
-def test_suite_writes_every_benchmark_to_one_json(capsys, cache_dir, tmp_path):
-    r = bench_json(capsys, "suite", cache_dir, "--out", str(tmp_path))
+def test_suite_writes_every_benchmark_to_one_json(suite):
+    r = suite[0]
     assert r["settings"]["benchmarks"] == ["step", "mfu", "label", "latency"]
     for name in ("step", "mfu", "label", "latency"):
         assert r[name]["benchmark"] == name and positive(r["seconds"][name])
@@ -158,7 +180,8 @@ def test_suite_writes_every_benchmark_to_one_json(capsys, cache_dir, tmp_path):
     assert s["memory_gib"] == r["step"]["memory"] and positive(s["memory_gib"]["vlsa"]["resident_gib"])
     assert s["label_images_per_s"] == r["label"]["images_per_s"] and len(s["latency_ratios"]) == 2
     assert s["total_seconds"] == pytest.approx(sum(r["seconds"].values()))
-    assert json.loads((tmp_path / "suite-cpu.json").read_text()) == r  # the file is what was printed
+    assert r["benchmark"] == "suite" and r["machine"]["device"] == "cpu"
+    assert r["settings"]["command"].startswith("python -m vlsa.bench suite ")
 
 
 @pytest.mark.integration
