@@ -166,18 +166,22 @@ def hf_processor(model, fmt: str):
 def _save_processor(processor, folder: Path, fmt: str) -> None:
     """Tokenizer (left padding, for batched generation) and processor files; the VLSA ones name their code."""
     tokenizer = processor.tokenizer
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    side, saved = tokenizer.padding_side, tokenizer.init_kwargs.get("padding_side")
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs: what gets saved
     try:
         processor.save_pretrained(folder)
     finally:
         tokenizer.padding_side = side
-    if fmt == "vlsa":
-        for name, auto_map in (("preprocessor_config.json", hf.IMAGE_PROCESSOR_AUTO_MAP),
-                               ("processor_config.json", hf.PROCESSOR_AUTO_MAP)):
-            path = folder / name
-            data = json.loads(path.read_text()) if path.is_file() else {"processor_class": "VlsaProcessor"}
-            path.write_text(json.dumps(dict(data, auto_map=auto_map), indent=2, sort_keys=True) + "\n")
+        if saved is None:
+            tokenizer.init_kwargs.pop("padding_side")
+        else:
+            tokenizer.init_kwargs["padding_side"] = saved
+    if fmt == "vlsa":  # transformers 5 keeps the image processor's settings inside processor_config.json
+        path = folder / "processor_config.json"
+        data = json.loads(path.read_text())
+        data["auto_map"] = dict(hf.PROCESSOR_AUTO_MAP)
+        data["image_processor"]["auto_map"] = dict(hf.IMAGE_PROCESSOR_AUTO_MAP)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ folder
