@@ -90,3 +90,40 @@ def test_the_vlsa_folder_generates_for_a_batch_of_mixed_image_sizes(trained, ima
         out = model.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     together = out[:, batch["input_ids"].shape[1]:].tolist()
     assert together == transformers_answers(run.out, images, PROMPTS)  # left padding changes no answer
+
+
+@pytest.mark.parametrize("kind", ["vlsa", "llava", "llava_next"])
+def test_the_folders_processor_gives_the_training_pixels(kind, trained, images):
+    run = trained(kind)
+    processor = AutoProcessor.from_pretrained(str(run.out))
+    encoder = run.model.encoder()
+    for image in images:
+        lo, hi = encoder(image)
+        got = processor(images=[image], text=["<image>"], return_tensors="pt")
+        if kind == "vlsa":
+            views = got["pixel_values"][0], got["pixel_values_hi"][0]
+        elif kind == "llava":
+            views = got["pixel_values"][0], got["pixel_values"][:1]
+        else:  # LLaVA-NeXT stacks the base view before the tiles
+            views = got["pixel_values"][0, 0], got["pixel_values"][0, 1:1 + hi.shape[0]]
+        torch.testing.assert_close(views[0], lo, rtol=0, atol=1e-6)
+        torch.testing.assert_close(views[1], hi, rtol=0, atol=1e-6)
+        placeholders = int((got["input_ids"] == run.model.image_token_id).sum())
+        assert placeholders == run.model.visual_tokens(image.height, image.width, hi.shape[0])
+
+
+@pytest.mark.parametrize("kind", ["vlsa", "llava", "llava_next"])
+def test_the_folders_logits_equal_the_projects(kind, trained, images):
+    run = trained(kind)
+    model = AutoModelForImageTextToText.from_pretrained(str(run.out)).eval()
+    processor = AutoProcessor.from_pretrained(str(run.out))
+    image, prompt = images[0], PROMPTS[0]
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    lo, hi = run.model.encoder()(image)
+    ids = run.model.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        theirs = model(**inputs).logits[0, -1]
+        spliced, _ = run.model.prepare_inputs(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long), lo[None],
+                                              hi[None], image_sizes=torch.tensor([[image.height, image.width]]))
+        mine = run.model.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask).logits[0, -1]
+    torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)
