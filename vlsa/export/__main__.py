@@ -18,6 +18,7 @@ import json
 import sys
 
 from vlsa.config import load_config
+from vlsa.data.templates import jinja_template
 from vlsa.export.card import card_meta, code_commit, read_metrics, render_card
 from vlsa.export.checkpoint import describe, load_checkpoint_model, resolve_checkpoint
 from vlsa.model.export import export_inference_model
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     source = describe(resolve_checkpoint(args.checkpoint))
     model = load_checkpoint_model(source.uri, cfg)
     meta = card_meta(cfg, source, fmt, code_commit() if args.commit is None else args.commit, metrics)
-    out = export_inference_model(model, args.out, fmt, card=render_card(meta), meta={"card": meta})
+    template = jinja_template(meta["template"], model.tokenizer) if meta["template"] else ""
+    out = export_inference_model(model, args.out, fmt, card=render_card(meta), meta={"card": meta},
+                                 chat_template=template)
     summary = {"out": str(out), "format": fmt, "checkpoint": source.uri, "stage": source.stage, "step": source.step}
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary

@@ -61,7 +61,9 @@ def render_card(meta: dict[str, Any]) -> str:
              + (f" (stage `{meta['stage']}`, step {meta['step']})." if meta["stage"] else "."),
              "The VAE, denoiser, Epigone and VQ-VAE used in training are not part of it.", "",
              "## Use", "", _usage(fmt),
-             f"Prompts follow the `{meta['template']}` template the last stage trained with; `<image>` marks the image.",
+             f"Prompts follow the `{meta['template']}` template the last stage trained with (the processor's chat "
+             "template renders it: `processor.apply_chat_template(messages, add_generation_prompt=True)`); "
+             "`<image>` marks the image.",
              "", "## Training", "", f"Preset: `{meta['preset'] or 'custom'}`.", "",
              "| stage | data | images | template | learning rates | global batch | epochs / steps |",
              "|---|---|---|---|---|---|---|"]

@@ -50,17 +50,19 @@ def inference_model_config(model_cfg: ModelConfig) -> dict:
 
 
 def export_inference_model(model, out_dir: str, format: str = "auto", card: str = "",
-                           meta: dict | None = None) -> Path | str:
+                           meta: dict | None = None, chat_template: str = "") -> Path | str:
     """Write the inference-only directory of a ``VLSAModel`` to a folder or ``s3://`` prefix; returns it.
 
     ``card``: the model card (``README.md``); ``meta``: what the card is made from (preset, stages, ...), kept in
-    ``vlsa_export.json`` of the transformers formats. A local folder is written aside and renamed into place, so a
+    ``vlsa_export.json`` of the transformers formats; ``chat_template``: the Jinja template of their processor (the
+    training template, ``vlsa.data.templates.jinja_template``). A local folder is written aside and renamed into place, so a
     crash never leaves a partial export.
     """
     fmt = resolve_format(model.config, format)
     if storage.is_s3(out_dir):  # build locally, then upload the finished folder
         with tempfile.TemporaryDirectory() as local:
-            storage.upload_dir(export_inference_model(model, str(Path(local) / "export"), fmt, card, meta), out_dir)
+            storage.upload_dir(export_inference_model(model, str(Path(local) / "export"), fmt, card, meta,
+                                                     chat_template), out_dir)
         return out_dir
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def export_inference_model(model, out_dir: str, format: str = "auto", card: str 
             _write_package(model, tmp)
         else:
             info = {"format": fmt, "model": inference_model_config(model.config), **(meta or {})}
-            write_transformers_folder(model, tmp, fmt, info)
+            write_transformers_folder(model, tmp, fmt, info, chat_template)
         if card:
             (tmp / "README.md").write_text(card)
     except BaseException:

@@ -139,8 +139,9 @@ def _pinpoints(model) -> list[list[int]]:
 # ------------------------------------------------------------------------------------------ processors
 
 
-def hf_processor(model, fmt: str):
-    """The processor whose pixels are the training pipeline's (PIL backend; see the module doc)."""
+def hf_processor(model, fmt: str, chat_template: str = ""):
+    """The processor whose pixels are the training pipeline's (PIL backend; see the module doc); ``chat_template``:
+    the Jinja template its ``apply_chat_template`` renders prompts with (none when empty)."""
     from transformers import LlavaNextProcessor, LlavaProcessor
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
@@ -150,13 +151,14 @@ def hf_processor(model, fmt: str):
     if fmt == "vlsa":
         images = hf.VlsaImageProcessor(image_size=s, max_tiles=model.config.encoding.max_tiles,
                                        lowres_view=model.config.encoding.lowres_view, image_mean=mean, image_std=std)
-        return hf.VlsaProcessor(images, model.tokenizer, image_token=tokens.IMAGE_TOKEN,
-                                image_seq_length=model.num_patches)
+        return hf.VlsaProcessor(images, model.tokenizer, chat_template=chat_template or None,
+                                image_token=tokens.IMAGE_TOKEN, image_seq_length=model.num_patches)
     geometry = {"size": {"shortest_edge": s}, "crop_size": {"height": s, "width": s}, "image_mean": mean,
                 "image_std": std, "resample": 3}  # 3: PIL bicubic, as the training views
     patch = model.vision_tower.config.patch_size
     extra = {"patch_size": patch, "vision_feature_select_strategy": _select_strategy(model),
-             "num_additional_image_tokens": 1 if kind == "clip" else 0, "image_token": tokens.IMAGE_TOKEN}
+             "num_additional_image_tokens": 1 if kind == "clip" else 0, "image_token": tokens.IMAGE_TOKEN,
+             "chat_template": chat_template or None}
     if fmt == "llava":
         return LlavaProcessor(LlavaImageProcessorPil(**geometry, do_pad=True), model.tokenizer, **extra)
     images = LlavaNextImageProcessorPil(**geometry, image_grid_pinpoints=_pinpoints(model), do_pad=True)
@@ -187,8 +189,9 @@ def _save_processor(processor, folder: Path, fmt: str) -> None:
 # ------------------------------------------------------------------------------------------ folder
 
 
-def write_transformers_folder(model, folder: Path, fmt: str, info: dict[str, Any]) -> None:
-    """Weights, config, generation config, processor (+ tokenizer) and, for ``vlsa``, its code, into ``folder``."""
+def write_transformers_folder(model, folder: Path, fmt: str, info: dict[str, Any], chat_template: str = "") -> None:
+    """Weights, config, generation config, processor (+ tokenizer, + ``chat_template``) and, for ``vlsa``, its code,
+    into ``folder``."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not a transformers format ({', '.join(FORMATS)})")
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +201,7 @@ def write_transformers_folder(model, folder: Path, fmt: str, info: dict[str, Any
     config.save_pretrained(folder)
     if model.language_model.generation_config is not None:
         model.language_model.generation_config.save_pretrained(folder)
-    _save_processor(hf_processor(model, fmt), folder, fmt)
+    _save_processor(hf_processor(model, fmt, chat_template), folder, fmt)
     if fmt == "vlsa":
         for path in hf.CODE_FILES:
             shutil.copyfile(path, folder / path.name)
