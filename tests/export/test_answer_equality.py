@@ -125,5 +125,6 @@ def test_the_folders_logits_equal_the_projects(kind, trained, images):
         theirs = model(**inputs).logits[0, -1]
         spliced, _ = run.model.prepare_inputs(ids, torch.ones_like(ids), torch.ones(1, dtype=torch.long), lo[None],
                                               hi[None], image_sizes=torch.tensor([[image.height, image.width]]))
-        mine = run.model.language_model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask).logits[0, -1]
+        mine = run.model.language_model(inputs_embeds=spliced.inputs_embeds,
+                                        attention_mask=spliced.attention_mask).logits[0, -1]
     torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)

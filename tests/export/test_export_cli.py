@@ -81,7 +81,8 @@ def test_a_run_folder_exports_its_newest_stage_end_checkpoint_with_metrics(train
 def test_the_checkpoint_is_read_without_building_the_training_only_parts(trained):
     run = trained("vlsa")
     # the VAE, denoiser and VQ-VAE point at folders that do not exist: building any of them would fail
-    missing = [f"model.recon.{p}.path=/nonexistent/{p}" for p in ("vae", "denoiser")] + ["model.vq.path=/nonexistent/vq"]
+    missing = [f"model.recon.{p}.path=/nonexistent/{p}" for p in ("vae", "denoiser")]
+    missing.append("model.vq.path=/nonexistent/vq")
     cfg = run.cfg.with_overrides(missing)
     model = load_checkpoint_model(str(run.checkpoint), cfg)
     assert model.recon_head is None and not model.config.recon.enabled

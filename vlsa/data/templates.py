@@ -205,15 +205,18 @@ def jinja_template(name: str, tokenizer) -> str:
     ``add_generation_prompt=True``), for exported processors; message contents may be strings or lists of parts."""
     if name == "vicuna_v1":
         return (_CONTENT_MACRO + "{{ bos_token }}" + VICUNA_SYSTEM + " {% for m in messages %}"
-                "{% if m['role'] == 'user' %}USER: {{ content(m) }} ASSISTANT:{% else %} {{ content(m) }}{{ eos_token }}"
+                "{% if m['role'] == 'user' %}USER: {{ content(m) }} ASSISTANT:"
+                "{% else %} {{ content(m) }}{{ eos_token }}"
                 "{% endif %}{% endfor %}")
     if name == "plain":
         return (_CONTENT_MACRO + "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
                 "{% set c = content(m) %}{% if '" + IMAGE_TOKEN + "' in c %}"
-                "{{ '" + IMAGE_TOKEN + "' * (c.split('" + IMAGE_TOKEN + "') | length - 1) }}{% else %}{{ c }}\n{% endif %}"
+                "{{ '" + IMAGE_TOKEN + "' * (c.split('" + IMAGE_TOKEN + "') | length - 1) }}"
+                "{% else %}{{ c }}\n{% endif %}"
                 "{% else %}{{ content(m) }}\n{% endif %}{% endfor %}")
     source = JinjaTemplate(tokenizer, name).source
-    return _CONTENT_MACRO + source.replace("m['content']", "content(m)").replace("message['content']", "content(message)")
+    source = source.replace("m['content']", "content(m)").replace("message['content']", "content(message)")
+    return _CONTENT_MACRO + source
 
 
 def _check_prompt(turns: list[Turn]) -> None:

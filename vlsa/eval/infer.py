@@ -267,8 +267,8 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
     elif has_weights(path):
         model = _checkpoint_model(path, cfg)
     else:
-        raise FileNotFoundError(f"{path} is neither an exported model (no {INFO_NAME} or {CONFIG_NAME}) nor a stage-end training "
-                                f"checkpoint (no {WEIGHTS})")
+        raise FileNotFoundError(f"{path} is neither an exported model (no {INFO_NAME} or {CONFIG_NAME}) nor a "
+                                f"stage-end training checkpoint (no {WEIGHTS})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and cfg.train.precision != "fp32":
         model = model.to(torch.bfloat16)

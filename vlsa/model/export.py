@@ -55,8 +55,8 @@ def export_inference_model(model, out_dir: str, format: str = "auto", card: str 
 
     ``card``: the model card (``README.md``); ``meta``: what the card is made from (preset, stages, ...), kept in
     ``vlsa_export.json`` of the transformers formats; ``chat_template``: the Jinja template of their processor (the
-    training template, ``vlsa.data.templates.jinja_template``). A local folder is written aside and renamed into place, so a
-    crash never leaves a partial export.
+    training template, ``vlsa.data.templates.jinja_template``). A local folder is written aside and renamed into
+    place, so a crash never leaves a partial export.
     """
     fmt = resolve_format(model.config, format)
     if storage.is_s3(out_dir):  # build locally, then upload the finished folder

@@ -63,7 +63,7 @@ def resolve_format(model_cfg: ModelConfig, requested: str = "auto") -> str:
 
 
 def transformers_state(model) -> dict[str, torch.Tensor]:
-    """The vision tower's and LLM's tensors under transformers 5's LLaVA names (the projector's are added per format)."""
+    """The vision tower's and LLM's tensors under transformers 5's LLaVA names (the projector's: per format)."""
     state = {f"model.vision_tower.{k}": v for k, v in model.vision_tower.state_dict().items()}
     llm = model.language_model
     prefix = f"{llm.base_model_prefix}."

@@ -39,7 +39,8 @@ class VlsaPerceiver(nn.Module):
         super().__init__()
         d, D = config.vision_config.hidden_size, config.text_config.hidden_size
         self.heads, self.self_attention = config.perceiver_heads, config.perceiver_self_attention
-        self.full_projections, self.global_embedding = config.perceiver_full_projections, config.perceiver_global_embedding
+        self.full_projections = config.perceiver_full_projections
+        self.global_embedding = config.perceiver_global_embedding
         if self.global_embedding == "query":
             self.query = nn.Parameter(torch.randn(1, d) * d**-0.5)
         self.w_q, self.w_kv, self.w_o1 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)

@@ -83,8 +83,9 @@ class VlsaImageProcessor(BaseImageProcessor):
         return lo, torch.stack([self._normalise(tile) for tile in rgb.reshape(gh * gw, s, s, 3)])
 
     def preprocess(self, images, return_tensors=None, **kwargs) -> BatchFeature:
-        images = [images] if isinstance(images, Image.Image) else [im for group in images for im in
-                                                                     (group if isinstance(group, (list, tuple)) else [group])]
+        if isinstance(images, Image.Image):
+            images = [images]
+        images = [im for group in images for im in (group if isinstance(group, (list, tuple)) else [group])]
         views = [self.views(im) for im in images]
         most = max(hi.shape[0] for _, hi in views)
         lo = torch.stack([lo for lo, _ in views])  # (N, 3, s, s)
@@ -115,7 +116,8 @@ class VlsaProcessor(ProcessorMixin):
         pixels = {} if images is None else dict(self.image_processor(images, return_tensors=return_tensors))
         given = 0 if images is None else len(pixels["pixel_values"])
         if found != given:
-            raise ValueError(f"the texts hold {found} {self.image_token} placeholder(s) but {given} image(s) were given")
+            raise ValueError(f"the texts hold {found} {self.image_token} placeholder(s) but {given} image(s) "
+                             "were given")
         expanded = [t.replace(self.image_token, self.image_token * self.image_seq_length) for t in texts]
         encoded = self.tokenizer(expanded, return_tensors=return_tensors, **kwargs)
         return BatchFeature(data={**encoded, **pixels}, tensor_type=return_tensors)
