@@ -9,9 +9,10 @@ import pytest
 from export_helpers import overrides
 from safetensors import safe_open
 
-from vlsa.config import ConfigError
+from vlsa.config import ConfigError, load_config
 from vlsa.export.__main__ import main as export_main
 from vlsa.export.checkpoint import load_checkpoint_model
+from vlsa.model.export_hf import resolve_format
 from vlsa.train.checkpoint import WEIGHTS
 
 TRAINING_ONLY = ("recon_head", "denoiser", "vae", "epigone", "vq", "ross", "transformer_blocks", "decoder.")
@@ -97,3 +98,19 @@ def test_a_format_the_processor_cannot_match_is_refused_before_loading(tmp_path)
     with pytest.raises(ConfigError, match="cannot be exported as 'llava'"):
         export_main(args)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("overrides_", "expected"), [
+    ([], "vlsa"),
+    (["model.projector.type=mlp2x_gelu", "model.encoding.lowres_view=square_pad"], "llava"),
+    (["model.projector.type=mlp2x_gelu"], "package"),  # the canvas view: no transformers processor gives it
+    (["model.projector.type=anyres"], "llava_next"),
+    (["model.projector.type=hd_grid"], "package"),
+    (["model.projector.type=qformer"], "package"),
+])
+def test_auto_picks_the_format_of_the_projector(overrides_, expected):
+    model = load_config("tiny", overrides_).model
+    assert resolve_format(model, "auto") == expected
+    assert resolve_format(model, "package") == "package"
+    with pytest.raises(ConfigError):
+        resolve_format(model, "llava_next" if expected != "llava_next" else "vlsa")
