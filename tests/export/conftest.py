@@ -2,8 +2,9 @@
 
 Each kind is the tiny preset (reconstruction head included, as trained) with its projector switched: ``vlsa``
 (SA-Perceiver), ``llava`` (mlp2x_gelu over LLaVA-1.5's square padding, one tile) and ``llava_next`` (anyres). Its
-full state dict is written as a stage-end checkpoint (``model.safetensors``, what training writes) and exported
-with the command line, as a team would.
+weights are moved off the seeded build (so only weights read from the checkpoint reproduce it), its full state dict
+is written as a stage-end checkpoint (``model.safetensors``, what training writes) and exported with the command
+line, as a team would.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Trained:
         self.kind = kind
         self.cfg = vlsa.load_config("tiny", overrides(kind, cache_dir))
         self.model = vlsa.build_model(self.cfg).eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # "trained": away from what a fresh build gives
+            torch.manual_seed(1)
+            for param in self.model.parameters():
+                param.add_(torch.randn_like(param) * 0.02)
         self.checkpoint = root / "run" / "01_stage2_step00000012"
         self.checkpoint.mkdir(parents=True)
         weights.save(self.model.state_dict(), self.checkpoint / WEIGHTS)
