@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "build_model": "vlsa.model.builder",
+    "build_inference_model": "vlsa.model.builder",
     "build_tokenizer": "vlsa.model.tokenizer",
     "SAPerceiver": "vlsa.model.perceiver",
     "Epigone": "vlsa.model.epigone",

@@ -37,9 +37,9 @@ def test_entry_point_and_pinned_requirement():
 def test_model_side_generates_and_scores_continuations(exported_model, demo, cache_dir):
     from PIL import Image
 
-    from vlsa.model.export import CONFIG_NAME
+    from vlsa.model.export import export_format
 
-    assert (Path(exported_model) / CONFIG_NAME).is_file()
+    assert export_format(exported_model) == "vlsa"
     core = adapter.VLSAEvalModel(exported_model, max_new_tokens=3, device="cpu")
     image = Image.open(sorted(Path(demo.image_root, "eval").iterdir())[0]).convert("RGB")
     texts = core.generate(["What color?", "Describe it."], [[image], []], {"max_new_tokens": 2, "until": ["\n"]})

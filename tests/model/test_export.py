@@ -1,4 +1,5 @@
-"""The inference-only export: no auxiliary modules, same LLM logits, and generate() on an image + prompt."""
+"""The inference-only export, in the VLSA transformers format (the default for the SA-Perceiver) and this package's
+own layout, read back by ``load_inference_model``: no auxiliary modules, same LLM logits, generate() on an image."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, VQModel
 from model_helpers import solid
 
 from vlsa.model.epigone import Epigone
-from vlsa.model.export import export_inference_model, load_inference_model
+from vlsa.model.export import export_format, export_inference_model, load_inference_model
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
+WEIGHT_FILES = {"vlsa": ["model.safetensors"],
+                "package": ["model.safetensors", "model.safetensors", "projector.safetensors"]}
+
+
+@pytest.fixture(scope="module", params=sorted(WEIGHT_FILES))
+def exported(request, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "vlsa-tiny"
-    export_inference_model(tiny_model, str(out))
+    export_inference_model(tiny_model, str(out), format=request.param)
     return out, load_inference_model(str(out), cache_dir=str(tmp_path_factory.mktemp("cache")))
 
 
@@ -24,7 +29,7 @@ def test_export_has_no_auxiliary_modules(exported):
     aux = (AutoencoderKL, SD3Transformer2DModel, VQModel, Epigone)
     assert not [type(m).__name__ for m in model.modules() if isinstance(m, aux)]
     weights = sorted(p.name for p in out.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"})
-    assert weights == ["model.safetensors", "model.safetensors", "projector.safetensors"]
+    assert weights == WEIGHT_FILES[export_format(out)]
     assert not model.config.recon.enabled
 
 

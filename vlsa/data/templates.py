@@ -191,6 +191,34 @@ class JinjaTemplate(ChatTemplate):
         return self._apply(turns, True)
 
 
+# The content of a message given as a string or as transformers' list of parts: the images first, as image_first
+# puts them, then the text.
+_CONTENT_MACRO = (
+    "{%- macro content(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
+    "{%- for c in m['content'] if c['type'] == 'image' -%}{{ '" + IMAGE_TOKEN + "\\n' }}{%- endfor -%}"
+    "{%- for c in m['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}{%- endif -%}{%- endmacro -%}"
+)
+
+
+def jinja_template(name: str, tokenizer) -> str:
+    """A Jinja chat template rendering prompts as the template ``name`` does (``apply_chat_template`` with
+    ``add_generation_prompt=True``), for exported processors; message contents may be strings or lists of parts."""
+    if name == "vicuna_v1":
+        return (_CONTENT_MACRO + "{{ bos_token }}" + VICUNA_SYSTEM + " {% for m in messages %}"
+                "{% if m['role'] == 'user' %}USER: {{ content(m) }} ASSISTANT:"
+                "{% else %} {{ content(m) }}{{ eos_token }}"
+                "{% endif %}{% endfor %}")
+    if name == "plain":
+        return (_CONTENT_MACRO + "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+                "{% set c = content(m) %}{% if '" + IMAGE_TOKEN + "' in c %}"
+                "{{ '" + IMAGE_TOKEN + "' * (c.split('" + IMAGE_TOKEN + "') | length - 1) }}"
+                "{% else %}{{ c }}\n{% endif %}"
+                "{% else %}{{ content(m) }}\n{% endif %}{% endfor %}")
+    source = JinjaTemplate(tokenizer, name).source
+    source = source.replace("m['content']", "content(m)").replace("message['content']", "content(message)")
+    return _CONTENT_MACRO + source
+
+
 def _check_prompt(turns: list[Turn]) -> None:
     if not turns or turns[-1].role != USER:
         raise ValueError(f"a prompt must end with a user turn, got roles {[t.role for t in turns]}")

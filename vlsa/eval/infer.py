@@ -32,7 +32,8 @@ from vlsa.io import storage
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import RecordRejected, Turn, USER, read_image_bytes
 from vlsa.model.builder import build_model
-from vlsa.model.export import CONFIG_NAME, load_inference_model
+from vlsa.model.export import CONFIG_NAME, is_export, load_inference_model
+from vlsa.model.export_hf import INFO_NAME
 from vlsa.tokens import IMAGE_TOKEN
 from vlsa.train.checkpoint import WEIGHTS, has_weights, load_weights
 
@@ -252,7 +253,8 @@ def model_id_of(path: str) -> str:
 
 
 def load_model(path: str, cfg: Config | None = None, device: str = ""):
-    """A model in eval mode from an exported inference folder (``vlsa_config.json``) or a stage-end checkpoint.
+    """A model in eval mode from an exported inference folder (any ``vlsa.export`` format: ``vlsa``, ``llava``,
+    ``llava_next`` or ``package``) or a stage-end checkpoint.
 
     A training checkpoint holds weights only: its model is built from ``cfg`` (the run's config,
     default the ``tiny`` preset) and the weights are loaded into it. ``device`` (default: CUDA when
@@ -260,13 +262,13 @@ def load_model(path: str, cfg: Config | None = None, device: str = ""):
     """
     cfg = cfg or load_config("tiny")
 
-    if storage.exists(storage.join(path, CONFIG_NAME)):
+    if is_export(path):
         model = load_inference_model(path, cfg.model.cache_dir)
     elif has_weights(path):
         model = _checkpoint_model(path, cfg)
     else:
-        raise FileNotFoundError(f"{path} is neither an exported model (no {CONFIG_NAME}) nor a stage-end training "
-                                f"checkpoint (no {WEIGHTS})")
+        raise FileNotFoundError(f"{path} is neither an exported model (no {INFO_NAME} or {CONFIG_NAME}) nor a "
+                                f"stage-end training checkpoint (no {WEIGHTS})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and cfg.train.precision != "fp32":
         model = model.to(torch.bfloat16)

@@ -15,6 +15,7 @@ transformers part stored without safetensors goes through transformers' own ZeRO
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -338,14 +339,35 @@ def build_model(cfg: Config, zero3: dict[str, Any] | None = None) -> VLSAModel:
     vision, llm = build_vision(cfg, zero3), build_llm(cfg, zero3)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.model.seed)
-        with partitioning(zero3):
-            _fit_vocabulary(llm, tokenizer)
-            d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
-            l = num_patches(vision.config.image_size, vision.config.patch_size)
-            projector = build_projector(cfg.model.projector, d, D, num_patches=l, image_size=vision.config.image_size,
-                                        grids=cfg.model.encoding.anyres_grids)
+        projector = _new_projector(cfg, vision, llm, tokenizer, zero3)
+        D = llm.get_input_embeddings().embedding_dim
         recon_head = build_recon_head(cfg, D, zero3) if cfg.model.recon.enabled else None
     return VLSAModel(cfg.model, vision, projector, llm, tokenizer, recon_head)
+
+
+def build_inference_model(cfg: Config) -> VLSAModel:
+    """The parts a trained model answers with: vision tower, projector, LLM and tokenizer (with the VQ code tokens
+    the run trained with). The VAE, denoiser, Epigone and VQ-VAE are never built (only the VQ-VAE's config is read,
+    for its codebook size); the model's config has reconstruction and VDEP off. Weights are the parts' starting
+    ones: load a checkpoint's into it (``vlsa.export.checkpoint``)."""
+    tokenizer = build_model_tokenizer(cfg)
+    vision, llm = build_vision(cfg), build_llm(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.seed)
+        projector = _new_projector(cfg, vision, llm, tokenizer, None)
+    model_cfg = dataclasses.replace(cfg.model, recon=dataclasses.replace(cfg.model.recon, enabled=False),
+                                    vdep=dataclasses.replace(cfg.model.vdep, enabled=False))
+    return VLSAModel(model_cfg, vision, projector, llm, tokenizer)
+
+
+def _new_projector(cfg: Config, vision, llm, tokenizer, zero3: dict[str, Any] | None):
+    """The projector from vision width d to LLM width D, after the LLM's vocabulary is fitted to the tokenizer."""
+    with partitioning(zero3):
+        _fit_vocabulary(llm, tokenizer)
+        d, D = vision.config.hidden_size, llm.get_input_embeddings().embedding_dim
+        l = num_patches(vision.config.image_size, vision.config.patch_size)
+        return build_projector(cfg.model.projector, d, D, num_patches=l, image_size=vision.config.image_size,
+                               grids=cfg.model.encoding.anyres_grids)
 
 
 def _fit_vocabulary(llm, tokenizer) -> None:
