@@ -27,6 +27,9 @@ $(LMMS_VENV)/.installed: requirements.txt requirements-dev.txt requirements-lmms
 	$(LMMS_PY) -m pip install --quiet --no-deps $(LMMS_EVAL)
 	$(LMMS_PY) -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' || $(LMMS_PY) -m pip uninstall --quiet -y torchvision
 	$(LMMS_PY) -m pip install --quiet --no-deps -e .
+	@# latex2sympy2 (an lmms-eval requirement) installs its own tests as a top-level package `tests`,
+	@# which hides this repository's tests/ package from pytest
+	rm -rf $(LMMS_VENV)/lib/python3*/site-packages/tests
 	touch $@
 
 .PHONY: install demo test test-fast lmms-venv test-lmms-eval
