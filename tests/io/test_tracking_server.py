@@ -34,8 +34,8 @@ def test_step_metrics_are_queued_and_all_reach_the_server_on_finish(mlflow_serve
     _, tracker = stage_tracker(mlflow_server, "queued")
     for step in range(1, 201):
         tracker.log_metrics({"loss": 1.0 / step, "lr/llm": 0.1}, step)
-    assert len(tracker.pending) <= 65 + 1  # finished operations are let go as the run goes on
     tracker.finish()
+    assert tracker.pending == []
     client = tracking.client(mlflow_server)
     history = client.get_metric_history(tracker.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 201))
@@ -79,4 +79,4 @@ def test_the_final_checkpoint_is_a_registered_model_of_its_run_once(mlflow_serve
     assert [a.path for a in client.list_logged_model_artifacts(model_id)] == ["checkpoint.json"]
     assert [m.model_id for m in client.get_run(parent).outputs.model_outputs] == [model_id]
     (version,) = client.search_model_versions("name = 'vlsa-test-model'")
-    assert (version.run_id, version.model_id, version.source) == (parent, model_id, f"models:/{model_id}")
+    assert (version.run_id, version.source) == (parent, f"models:/{model_id}")

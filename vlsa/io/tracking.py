@@ -85,6 +85,18 @@ def experiment_id(mlflow_client, name: str) -> str:
     return experiment.experiment_id
 
 
+def experiment_link(uri: str, mlflow_client, run_id: str) -> str:
+    """The UI page of the run's experiment in the model-training view ("" for a store without a UI).
+
+    MLflow 3.17's UI picks GenAI or model-training pages from its sidebar switch (kept per browser,
+    GenAI at first); the ``workflowType`` query sets it, so this link opens on the runs table."""
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    exp_id = mlflow_client.get_run(run_id).info.experiment_id
+    host = _URL_USERINFO.sub(lambda m: m.group("scheme"), uri.rstrip("/"))
+    return f"{host}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def _find_run(mlflow_client, exp_id: str, tags: dict[str, str]) -> str | None:
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = mlflow_client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"],
@@ -163,13 +175,11 @@ class StageTracker:
         """A dataset input of the stage's run (the Datasets column and the run page show it)."""
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         where = resolve_dataset_source(redact("source", source))  # a local or s3:// artifact source
-        dataset = MetaDataset(where, name=name, digest=digest[:36])
-        entity = dataset._to_mlflow_entity()
-        if profile:
-            entity.profile = profile
+        meta = MetaDataset(where, name=name, digest=digest[:36])._to_mlflow_entity()
+        entity = Dataset(meta.name, meta.digest, meta.source_type, meta.source, meta.schema, profile or None)
         self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     def log_image(self, image, artifact_file: str) -> None:

@@ -227,6 +227,9 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     params = tracking.config_params(cfg.to_dict())
     run_id = tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, params)
     job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id, validations=tuple(validations))
+    link = tracking.experiment_link(uri, tracking.client(uri), run_id)
+    if link:
+        print(f"[vlsa] MLflow run: {link}", flush=True)
     try:
         if done:
             print(f"[vlsa] every stage of run {run} is already complete", flush=True)

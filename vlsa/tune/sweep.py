@@ -204,6 +204,9 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
     run_id = open_sweep_run(uri, cfg.run.mlflow.experiment, path, name, params)
     if command:
         tracking.client(uri).set_tag(run_id, "vlsa.command", command)
+    link = tracking.experiment_link(uri, tracking.client(uri), run_id)
+    if link:
+        print(f"[vlsa] MLflow sweep run: {link}", flush=True)
     try:
         results = build_tuner(cfg, space, name, run_id, callbacks).fit()
         outcome = summarize(results, cfg, path, run_id)
