@@ -51,3 +51,33 @@ def test_optuna_takes_a_metric_that_only_the_last_result_has(local_ray, tmp_path
     assert len({r.config["x"] for r in results}) == 4
     study = searcher._ot_study
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+def test_asha_counts_optimizer_steps_over_all_stages():
+    from vlsa.tune.sweep import scheduler
+
+    asha = scheduler(load_config("tiny", ["tune.scheduler=asha", "tune.metric=loss_lm", "tune.grace_period=40"]))
+    assert asha._time_attr == "global_step"
+    assert [rung for rung, _ in asha._brackets[0]._rungs][-3:] == [160, 80, 40]  # first rung at the grace period
+    assert scheduler(load_config("tiny")) is None
+
+
+@pytest.mark.integration
+def test_trials_at_once_count_the_nodes_the_autoscaler_can_add(local_ray):
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
+    from ray.experimental import internal_kv
+
+    from vlsa.tune.resources import AUTOSCALER_KV, cluster_capacity, max_concurrent
+
+    cfg = load_config("tiny", ["run.num_workers=2", "run.cpus_per_worker=2"])  # 5 CPUs a trial
+    namespace, key = AUTOSCALER_KV
+    with pytest.raises(RuntimeError, match="one trial needs 5 CPUs"):  # the local instance alone: 4 CPUs
+        max_concurrent(cfg, cluster_capacity())
+    workers = NodeGroupConfig(name="cpu-workers", min_count=0, max_count=3, resources={"CPU": 8})
+    internal_kv._internal_kv_put(key, ClusterConfig(node_group_configs=[workers]).SerializeToString(),
+                                 namespace=namespace)
+    try:
+        assert cluster_capacity()["CPU"] == 24.0
+        assert max_concurrent(cfg, cluster_capacity()) == 4
+    finally:
+        internal_kv._internal_kv_del(key, namespace=namespace)
