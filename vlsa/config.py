@@ -484,7 +484,8 @@ class MLflowConfig:
 
     def __post_init__(self) -> None:
         if self.system_metrics_interval_s < 0:
-            raise ConfigError(f"run.mlflow.system_metrics_interval_s must be >= 0, got {self.system_metrics_interval_s}")
+            raise ConfigError(f"run.mlflow.system_metrics_interval_s must be >= 0, "
+                              f"got {self.system_metrics_interval_s}")
 
 
 @dataclass

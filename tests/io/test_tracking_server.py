@@ -58,11 +58,12 @@ def test_the_stage_data_is_a_dataset_input_with_its_digest(mlflow_server, tmp_pa
 
 def test_each_node_logs_system_metrics_under_its_name(mlflow_server):
     _, tracker = stage_tracker(mlflow_server, "system")
-    monitors = [NodeMonitor(mlflow_server, tracker.run_id, node, interval_s=0.5).start() for node in ("node-0-a", "node-1-b")]
+    nodes = ("node-0-a", "node-1-b")
+    monitors = [NodeMonitor(mlflow_server, tracker.run_id, node, interval_s=0.5).start() for node in nodes]
     for monitor in monitors:
         monitor.stop()
     metrics = tracking.client(mlflow_server).get_run(tracker.run_id).data.metrics
-    for node in ("node-0-a", "node-1-b"):
+    for node in nodes:
         assert 0.0 <= metrics[f"system/{node}/cpu_utilization_percentage"] <= 100.0 * 64
         assert metrics[f"system/{node}/system_memory_usage_megabytes"] > 0
 
