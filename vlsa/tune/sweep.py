@@ -199,8 +199,9 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
         raise ConfigError(f"tune.metric={cfg.tune.metric!r} scores held-out questions, but eval.data is empty "
                           f"(set it to a question file with answers and categories, as the demo's eval.jsonl)")
     check_space(cfg, space)
-    params = {"sweep.keys": ",".join(sorted(space)), **describe_search(cfg, space),
-              **tracking.config_params(cfg.to_dict())}
+    search = describe_search(cfg, space)
+    print(f"[vlsa] sweep {name}: search {search['sweep.search']}, budget {search['sweep.budget']}", flush=True)
+    params = {"sweep.keys": ",".join(sorted(space)), **search, **tracking.config_params(cfg.to_dict())}
     run_id = open_sweep_run(uri, cfg.run.mlflow.experiment, path, name, params)
     if command:
         tracking.client(uri).set_tag(run_id, "vlsa.command", command)
