@@ -17,6 +17,8 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,35 +33,72 @@ from vlsa.tune.sweep import run_sweep, with_demo_data
 from vlsa.tune.tracking import trial_runs
 
 
-def stage_steps(uri: str, parent_run_id: str) -> tuple[float, int]:
-    """(seconds, steps) between the first and the last logged step of every stage run under the run."""
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds per step over the stage runs of one training run."""
+
+    wall: float
+    """From one step's logged metrics to the next."""
+    compute: float
+    """Inside the training step (forward, backward, optimizer), from the logged ``samples_per_s``."""
+
+    @property
+    def outside(self) -> float:
+        """Between training steps: data, logging, hooks (a trial's reports to Tune)."""
+        return self.wall - self.compute
+
+
+def stage_steps(uri: str, parent_run_id: str, batches: dict[str, int]) -> StepTimes:
+    """Step times of every stage run under the run, from the first logged step to the last
+    (``batches``: samples per step of each stage, by name)."""
     client = tracking.client(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
     query = f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}' and tags.`{tracking.STAGE_TAG}` != ''"
-    seconds, steps = 0.0, 0
+    wall = compute = 0.0
+    steps = 0
     for run in client.search_runs([exp_id], filter_string=query):
         stamps = {m.step: m.timestamp for m in client.get_metric_history(run.info.run_id, "loss")}
         if len(stamps) < 2:
             raise RuntimeError(f"stage run {run.info.run_id} logged {len(stamps)} step(s); give each stage 2 or more")
-        seconds += (stamps[max(stamps)] - stamps[min(stamps)]) / 1000
+        rates = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "samples_per_s")}
+        batch = batches[run.data.tags[tracking.STAGE_TAG]]
+        wall += (stamps[max(stamps)] - stamps[min(stamps)]) / 1000
+        compute += sum(batch / rates[step] for step in stamps if step != min(stamps))
         steps += max(stamps) - min(stamps)
-    return seconds, steps
+    return StepTimes(wall / steps, compute / steps)
 
 
-def as_job(cfg: Config, name: str) -> float:
-    """Seconds per step of ``cfg`` run as a training job."""
+def stage_batches(cfg: Config) -> dict[str, int]:
+    return {stage.name: stage.global_batch for stage in cfg.train.stages}
+
+
+def as_job(cfg: Config, name: str) -> StepTimes:
+    """Step times of ``cfg`` run as a training job."""
     outcome = train(cfg.with_overrides({"run.name": name}))
-    seconds, steps = stage_steps(outcome.tracking_uri, outcome.mlflow_run_id)
-    return seconds / steps
+    return stage_steps(outcome.tracking_uri, outcome.mlflow_run_id, stage_batches(cfg))
 
 
-def as_trial(cfg: Config, name: str) -> float:
-    """Seconds per step of ``cfg`` run as the one trial of a sweep."""
+def as_trial(cfg: Config, name: str) -> StepTimes:
+    """Step times of ``cfg`` run as the one trial of a sweep."""
     outcome = run_sweep(cfg, {}, name)
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     (trial,) = trial_runs(uri, outcome.run_id)
-    seconds, steps = stage_steps(uri, trial.info.run_id)
-    return seconds / steps
+    return stage_steps(uri, trial.info.run_id, stage_batches(cfg))
+
+
+def figures(pairs: list[dict[str, StepTimes]]) -> dict[str, Any]:
+    """The ratio of step times per pair, and the same with the trial's compute replaced by the job's:
+    on a loaded machine the compute of two runs minutes apart differs far more than what a trial adds
+    between steps, so the second isolates the trial's own cost."""
+    med = statistics.median
+    ratios = [p["trial"].wall / p["job"].wall for p in pairs]
+    adjusted = [(p["job"].wall + p["trial"].outside - p["job"].outside) / p["job"].wall for p in pairs]
+    return {"ratio": med(ratios), "ratios": ratios, "outside_ratio_adjusted": med(adjusted),
+            "adjusted_ratios": adjusted,
+            "compute_ratio": med(p["trial"].compute / p["job"].compute for p in pairs),
+            "job_step_s": med(p["job"].wall for p in pairs), "trial_step_s": med(p["trial"].wall for p in pairs),
+            "job_outside_s": med(p["job"].outside for p in pairs),
+            "trial_outside_s": med(p["trial"].outside for p in pairs)}
 
 
 def with_labels(cfg: Config, root: str) -> Config:
@@ -88,20 +127,19 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     with ray_session(default_num_cpus()):
         cfg = with_labels(cfg, root)
         for i in range(cfg.bench.repeats):
-            order = [("job", as_job), ("trial", as_trial)]
-            times = dict((kind, fn(cfg, f"overhead-{kind}-{i}")) for kind, fn in (order if i % 2 == 0 else order[::-1]))
-            pairs.append(times)
-    ratios = [p["trial"] / p["job"] for p in pairs]
-    metrics = {"ratio": statistics.median(ratios), "ratios": ratios,
-               "job_step_s": statistics.median(p["job"] for p in pairs),
-               "trial_step_s": statistics.median(p["trial"] for p in pairs),
-               "wall_s": time.perf_counter() - started}
+            order = [("job", as_job), ("trial", as_trial)][::1 if i % 2 == 0 else -1]
+            pairs.append({kind: fn(cfg, f"overhead-{kind}-{i}") for kind, fn in order})
+    metrics = figures(pairs) | {"wall_s": time.perf_counter() - started}
     settings = {"preset": cfg.preset, "pairs": cfg.bench.repeats, "report_every": cfg.tune.report_every,
                 "stage_steps": [s.max_steps for s in cfg.train.stages], "workers": cfg.run.num_workers,
                 "load_average": os.getloadavg()}
-    lines = [f"trial step / job step: {metrics['ratio']:.3f} (median of {len(ratios)} interleaved pairs)",
-             *table(["pair", "job step", "trial step", "ratio"],
-                    [[i, fmt_seconds(p["job"]), fmt_seconds(p["trial"]), f"{r:.3f}"]
-                     for i, (p, r) in enumerate(zip(pairs, ratios))]),
+    rows = [[i, fmt_seconds(p["job"].wall), fmt_seconds(p["trial"].wall), fmt_seconds(p["job"].outside),
+             fmt_seconds(p["trial"].outside), f"{r:.3f}", f"{a:.3f}"]
+            for i, (p, r, a) in enumerate(zip(pairs, metrics["ratios"], metrics["adjusted_ratios"]))]
+    lines = [f"trial step / job step: {metrics['ratio']:.3f} (median of {len(pairs)} interleaved pairs); "
+             f"with the job's compute time: {metrics['outside_ratio_adjusted']:.3f}",
+             *table(["pair", "job step", "trial step", "job between steps", "trial between steps", "ratio",
+                     "ratio, job's compute"], rows),
+             f"compute inside the step, trial / job: {metrics['compute_ratio']:.3f} (machine load drift)",
              f"tune.report_every={cfg.tune.report_every}; load average {os.getloadavg()[0]:.1f}"]
     return Report("sweep-overhead", metrics, settings, describe(device), lines)
