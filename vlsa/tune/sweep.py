@@ -7,6 +7,9 @@ finished trials are kept, unfinished and failed ones run (again, continuing from
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +144,28 @@ def describe_search(cfg: Config, space: dict[str, Any]) -> dict[str, str]:
     return {"sweep.search": "grid", "sweep.budget": f"{points * cfg.tune.num_samples} trials"}
 
 
+STRICT_METRIC_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+
+
+@contextlib.contextmanager
+def held_out_search(cfg: Config):
+    """While a searcher is told a held-out metric: Tune requires a searcher's metric in every result,
+    and a held-out score exists only in a trial's last one (Tune's documented switch turns that off;
+    the searcher itself skips results without it)."""
+    if not cfg.tune.final_metric():
+        yield
+        return
+    saved = os.environ.get(STRICT_METRIC_ENV)
+    os.environ[STRICT_METRIC_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(STRICT_METRIC_ENV, None)
+        else:
+            os.environ[STRICT_METRIC_ENV] = saved
+
+
 def tune_config(cfg: Config, search_alg=None):
     """Tune's settings: metric, samples, scheduler and the concurrency the cluster fits.
 
@@ -209,7 +234,8 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
     if link:
         print(f"[vlsa] MLflow sweep run: {link}", flush=True)
     try:
-        results = build_tuner(cfg, space, name, run_id, callbacks).fit()
+        with held_out_search(cfg):
+            results = build_tuner(cfg, space, name, run_id, callbacks).fit()
         outcome = summarize(results, cfg, path, run_id)
     except SweepInterrupted:
         tracking.client(uri).set_terminated(run_id, status="KILLED")
@@ -280,6 +306,14 @@ def summary_table(outcome: SweepOutcome) -> dict[str, list]:
 
 
 def log_summary(uri: str, outcome: SweepOutcome) -> None:
-    """The summary as a table artifact of the sweep's run (MLflow's artifact view shows it as a table)."""
-    tracking.client(uri).log_table(outcome.run_id, data=summary_table(outcome), artifact_file=SUMMARY_FILE)
+    """The summary as a table artifact of the sweep's run, in the file format and with the run tag of
+    ``MlflowClient.log_table`` (MLflow shows it as a table), replaced by each run of the sweep (``log_table``
+    would append the restored sweep's trials again)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    table = summary_table(outcome)
+    text = json.dumps({"columns": list(table), "data": [list(row) for row in zip(*table.values())]}, default=str)
+    mlflow_client = tracking.client(uri)
+    mlflow_client.log_text(outcome.run_id, text, SUMMARY_FILE)
+    mlflow_client.set_tag(outcome.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([{"path": SUMMARY_FILE, "type": "table"}]))
 
