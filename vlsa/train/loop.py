@@ -28,11 +28,11 @@ import torch
 from vlsa.config import Config, ConfigError, config_from_dict
 from vlsa.data.collate import Collator
 from vlsa.data.ssft import CoverageMeter
-from vlsa.labels.schema import MANIFEST as LABEL_MANIFEST
 from vlsa.io import storage
 from vlsa.io.grid import side_by_side
 from vlsa.io.system_metrics import NodeMonitor
 from vlsa.io.tracking import StageTracker
+from vlsa.labels.schema import MANIFEST as LABEL_MANIFEST
 from vlsa.model import weights as model_weights
 from vlsa.model.builder import build_model, build_model_tokenizer
 from vlsa.model.deepspeed_cpu import import_deepspeed
