@@ -74,3 +74,15 @@ def test_search_and_report_settings_are_checked():
         load_config("tiny", ["tune.search=random"])
     with pytest.raises(ConfigError, match="report_every"):
         load_config("tiny", ["tune.report_every=0"])
+
+
+def test_the_overhead_figure_takes_the_trials_time_between_steps_over_the_jobs_step():
+    from vlsa.tune.overhead import StepTimes, figures
+
+    pairs = [{"job": StepTimes(1.0, 0.9), "trial": StepTimes(2.2, 2.0)},   # trial ran on a busier machine
+             {"job": StepTimes(2.0, 1.8), "trial": StepTimes(1.5, 1.2)}]
+    found = figures(pairs)
+    assert found["ratios"] == pytest.approx([2.2, 0.75])
+    # The trial spent 0.2 and 0.3 s between steps, the job 0.1 and 0.2 s: 1.1 and 1.05 of the job's step.
+    assert found["adjusted_ratios"] == pytest.approx([1.1, 1.05])
+    assert found["outside_ratio_adjusted"] == pytest.approx(1.075)
