@@ -358,9 +358,11 @@ class StageRun:
                     self.save(final=False)
             self.log_reconstructions()
             uri = self.save(final=True)
-        finally:
+        finally:  # a failing step too: what it logged is sent before the error ends the worker
             if self.monitor is not None:
                 self.monitor.stop()
+            if self.tracker is not None:
+                self.tracker.flush()
         if self.tracker is not None:
             self.tracker.finish()
         return uri
