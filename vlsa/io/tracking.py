@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,9 @@ class StageTracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        where = resolve_dataset_source(redact("source", source))  # a local or s3:// artifact source
+        with warnings.catch_warnings():  # a local path matches two equivalent source kinds: MLflow warns
+            warnings.simplefilter("ignore", UserWarning)
+            where = resolve_dataset_source(redact("source", source))  # a local or s3:// artifact source
         meta = MetaDataset(where, name=name, digest=digest[:36])._to_mlflow_entity()
         entity = Dataset(meta.name, meta.digest, meta.source_type, meta.source, meta.schema, profile or None)
         self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
