@@ -20,6 +20,7 @@ LINTED = ("vlsa", "tune_spaces")
 PROJECT = ("vlsa", "tune_spaces", "cluster")
 LAZY_ALLOWED = {
     "vlsa.tune.callback": "subclasses ray.tune.Callback at module level; loaded only when a sweep runs",
+    "vlsa.tune.search": "subclasses Ray Tune's OptunaSearch at module level; loaded only when a sweep runs",
 }
 """Project modules that may be imported inside a function, and why (each imports a heavy optional
 library at module level). Heavy libraries themselves (ray, deepspeed, mlflow, diffusers, transformers)

@@ -476,7 +476,16 @@ class MLflowConfig:
     tracking_uri: str = ""
     """MLflow tracking URI; empty: ``MLFLOW_TRACKING_URI`` or ``./mlruns``."""
     experiment: str = "vlsa"
-    """Experiment name."""
+    """Experiment name (created as a model-training experiment)."""
+    system_metrics_interval_s: float = 10.0
+    """Seconds between samples of CPU, memory and GPU use on each node, logged to the stage's run (0: off)."""
+    register_model: bool = True
+    """Register the final checkpoint of a training job as a version of the registered model ``run.name``."""
+
+    def __post_init__(self) -> None:
+        if self.system_metrics_interval_s < 0:
+            raise ConfigError(f"run.mlflow.system_metrics_interval_s must be >= 0, "
+                              f"got {self.system_metrics_interval_s}")
 
 
 @dataclass
@@ -605,8 +614,14 @@ class TuneConfig:
     """Samples of the search space (each grid point is repeated this many times)."""
     scheduler: str = "fifo"
     """``fifo`` (every trial runs to its end) or ``asha`` (early stopping of poor trials)."""
-    grace_period: int = 1
-    """ASHA: reports a trial gets before it may be stopped."""
+    search: str = "auto"
+    """``grid`` (Tune's variant generator: grids and random draws), ``optuna`` (TPE over the space's continuous
+    domains), ``auto``: optuna when the space has a continuous domain and no grid, else grid."""
+    report_every: int = 25
+    """Optimizer steps per report to Tune (the mean losses over those steps; a stage's last step always
+    reports). Reports closer than Ray Train's 2 s poll wait for it: docs/benchmarks.md has the overhead."""
+    grace_period: int = 25
+    """ASHA: optimizer steps (``global_step``, over all stages) a trial runs before it may be stopped."""
     reduction_factor: int = 2
     """ASHA: fraction of trials promoted at each rung is 1/reduction_factor."""
     max_concurrent: int = 0
@@ -619,7 +634,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         _check_choice("tune.mode", self.mode, ("min", "max"))
         _check_choice("tune.scheduler", self.scheduler, ("fifo", "asha"))
-        for name in ("num_samples", "grace_period", "reduction_factor"):
+        _check_choice("tune.search", self.search, ("auto", "grid", "optuna"))
+        for name in ("num_samples", "report_every", "grace_period", "reduction_factor"):
             _check_positive(f"tune.{name}", getattr(self, name))
         if self.max_concurrent < 0 or self.max_failures < 0:
             raise ConfigError(f"tune.max_concurrent and tune.max_failures must be >= 0, got "

@@ -52,6 +52,7 @@ def test_job_run_is_reopened_by_key_and_stages_nest_under_it(tmp_path):
     resumed = tracking.StageTracker(uri, first, "stage1")  # a restarted worker logs to the same run
     assert resumed.run_id == stage.run_id != tracking.StageTracker(uri, first, "stage2").run_id
     resumed.log_metrics({"loss": 1.5}, step=3)
+    stage.flush(), resumed.flush()  # step metrics are queued (asynchronous logging)
     history = client.get_metric_history(stage.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 2.0), (3, 1.5)]
     assert client.get_run(stage.run_id).data.tags[tracking.PARENT_TAG] == first

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import json
 import os
 import shlex
 import signal
@@ -154,9 +155,25 @@ def test_the_sweep_logs_a_parent_run_nested_trial_runs_and_the_best_point(scenar
     for variant, run in by_variant(scenario.uri, scenario.sweep_run_id).items():
         assert run.data.tags["mlflow.parentRunId"] == scenario.sweep_run_id
         assert float(run.data.params["train.stages.1.data.ssft.p_px"]) == (p_px if variant == ROWS[1] else 0.0)
-        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2  # a result per training step
+        # One report at each (one-step) stage's end, logged at its step over both stages.
+        assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "loss")}) == [1, 2]
         assert run.data.metrics["eval_accuracy"] == pytest.approx(accuracy[variant])
         assert 0.0 <= run.data.metrics["eval_blind_accuracy"] <= 1.0
+
+
+def test_the_sweep_run_has_a_summary_table_in_a_model_training_experiment(scenario):
+    client = train_tracking.client(scenario.uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    path = client.download_artifacts(scenario.sweep_run_id, "sweep/summary.json", str(scenario.out.parent))
+    table = json.loads(Path(path).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sorted(row["variant"] for row in rows) == sorted(ROWS) and {row["status"] for row in rows} == {"OK"}
+    for row in rows:
+        assert 0.0 <= row["metric/eval_accuracy"] <= 1.0 and row["metric/global_step"] == 2
+        assert row["config/tune.variant"] == row["variant"] and "config/train.stages.1.data.ssft.p_px" in row
+    params = client.get_run(scenario.sweep_run_id).data.params
+    assert (params["sweep.search"], params["sweep.budget"]) == ("grid", "2 trials")
 
 
 def test_the_ablation_table_has_one_row_per_variant_and_is_logged_with_its_command(scenario):

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "build-memory": "vlsa.bench.build_memory",
     "suite": "vlsa.bench.suite",
     "startup": "vlsa.bench.startup",
+    "sweep-overhead": "vlsa.tune.overhead",  # runs sweeps, so it lives in the tune package
 }
 
 

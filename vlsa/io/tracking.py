@@ -1,8 +1,11 @@
 """MLflow tracking: one run per job, one nested run per stage.
 
 The driver opens (or, for a re-run with the same name, reopens) the parent run and logs the
-resolved config as flattened params; rank 0 of the workers logs per-step metrics and the
-reconstruction grids to the stage's nested run. Everything goes through ``MlflowClient`` with
+resolved config as flattened params; rank 0 of the workers logs per-step metrics (asynchronously:
+a step never waits for the server), the stage's data as a dataset input and the reconstruction grids
+to the stage's nested run, where each node also logs its system metrics. Experiments are created as
+model-training experiments, and a finished job's final checkpoint becomes a logged (and registered)
+model of its run. Everything goes through ``MlflowClient`` with
 explicit run ids, so no process-global "active run" is involved. Secrets never reach MLflow:
 keys that name one are masked and credentials inside URLs are stripped.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,11 @@ from vlsa.config import flatten
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_TAG = "vlsa.run"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow 3's experiment kind: the UI's experiment-type selector reads and writes this tag."""
+MODEL_TRAINING = "custom_model_development"
+"""The kind MLflow's UI calls "Machine learning" (runs, charts, artifacts); the other is ``genai_development``."""
+MODEL_TAG = "vlsa.model_id"
 STAGE_TAG = "vlsa.stage"
 MASK = "***"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -60,9 +69,33 @@ def client(uri: str):
 
 
 def experiment_id(mlflow_client, name: str) -> str:
-    """The id of experiment ``name`` (created when missing)."""
+    """The id of experiment ``name``, created when missing, as a model-training experiment (one without
+    a kind gets it; a kind someone chose in the UI is kept)."""
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow_client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else mlflow_client.create_experiment(name)
+    if experiment is None:
+        try:
+            return mlflow_client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except MlflowException:  # another job created it meanwhile
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def experiment_link(uri: str, mlflow_client, run_id: str) -> str:
+    """The UI page of the run's experiment in the model-training view ("" for a store without a UI).
+
+    MLflow 3.17's UI picks GenAI or model-training pages from its sidebar switch (kept per browser,
+    GenAI at first); the ``workflowType`` query sets it, so this link opens on the runs table."""
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    exp_id = mlflow_client.get_run(run_id).info.experiment_id
+    host = _URL_USERINFO.sub(lambda m: m.group("scheme"), uri.rstrip("/"))
+    return f"{host}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def _find_run(mlflow_client, exp_id: str, tags: dict[str, str]) -> str | None:
@@ -120,13 +153,37 @@ class StageTracker:
         # A resumed stage keeps logging to the run it started.
         found = _find_run(self.client, exp_id, tags)
         self.run_id = found or self.client.create_run(exp_id, run_name=stage, tags=tags).info.run_id
+        self.pending: list = []
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Metrics of one optimizer step (``step``: 1-based within the stage)."""
+        """Metrics of one optimizer step (``step``: 1-based within the stage), queued: MLflow's async
+        logging sends them in the background, so a slow server never stalls the step."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(metrics.items())])
+        batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        self.pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        if len(self.pending) > 64:  # keep only the operations not sent yet
+            self.pending = [op for op in self.pending if not all(f.done() for f in op._operation_futures)]
+
+    def flush(self) -> None:
+        """Wait until every queued metric reached the server (raises on one that failed)."""
+        pending, self.pending = self.pending, []
+        for operation in pending:
+            operation.wait()
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str = "train", profile: str = "") -> None:
+        """A dataset input of the stage's run (the Datasets column and the run page show it)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # a local path matches two equivalent source kinds: MLflow warns
+            warnings.simplefilter("ignore", UserWarning)
+            where = resolve_dataset_source(redact("source", source))  # a local or s3:// artifact source
+        meta = MetaDataset(where, name=name, digest=digest[:36])._to_mlflow_entity()
+        entity = Dataset(meta.name, meta.digest, meta.source_type, meta.source, meta.schema, profile or None)
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     def log_image(self, image, artifact_file: str) -> None:
         self.client.log_image(self.run_id, image, artifact_file=artifact_file)
@@ -140,4 +197,48 @@ class StageTracker:
             self.client.log_batch(self.run_id, params=new)
 
     def finish(self) -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, status="FINISHED")
+
+
+def log_final_model(uri: str, run_id: str, name: str, checkpoint: str, register: bool) -> str:
+    """The job's final checkpoint as a logged model of its run (the experiment's Models tab), and, with
+    ``register``, a new version of registered model ``name`` (the Models page); returns its model id.
+
+    The model points at the checkpoint (its ``vlsa.checkpoint`` tag and ``checkpoint.json``) rather
+    than copying the weights. A run that already has its model (a re-run of a finished job) keeps it.
+    """
+    import json
+    import tempfile
+
+    from mlflow.entities import LoggedModelOutput
+
+    mlflow_client = client(uri)
+    run = mlflow_client.get_run(run_id)
+    if MODEL_TAG in run.data.tags:
+        return run.data.tags[MODEL_TAG]
+    model = mlflow_client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                              tags={"vlsa.checkpoint": redact("checkpoint", checkpoint)},
+                                              model_type="vlsa")
+    with tempfile.TemporaryDirectory() as folder:
+        pointer = Path(folder) / "checkpoint.json"
+        pointer.write_text(json.dumps({"checkpoint": redact("checkpoint", checkpoint), "run_id": run_id}))
+        mlflow_client.log_model_artifact(model.model_id, str(pointer))
+    mlflow_client.finalize_logged_model(model.model_id, "READY")
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
+    if register:
+        _register(mlflow_client, name, model.model_id, run_id)
+    mlflow_client.set_tag(run_id, MODEL_TAG, model.model_id)
+    return model.model_id
+
+
+def _register(mlflow_client, name: str, model_id: str, run_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(name, description="VLSA runs' final checkpoints (vlsa.checkpoint tag)")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    mlflow_client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                       tags={"vlsa.checkpoint_of": run_id})

@@ -202,6 +202,19 @@ def fit(cfg: Config, job, train_fn: Callable | None) -> None:
         ) from error
 
 
+def log_model(cfg: Config, uri: str, run_id: str, checkpoint: str) -> None:
+    """The final checkpoint as the run's model (registered under ``run.name``); the training itself
+    succeeded, so a tracking server that refuses the model is reported, not raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model_id = tracking.log_final_model(uri, run_id, cfg.run.name, checkpoint, cfg.run.mlflow.register_model)
+    except MlflowException as err:
+        print(f"[vlsa] the final checkpoint {checkpoint} was not logged as a model: {err}", flush=True)
+        return
+    print(f"[vlsa] model {model_id} of run {run_id}: {checkpoint}", flush=True)
+
+
 def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     """Run every stage of ``cfg`` on the current Ray cluster; returns where the results are."""
     check_batches(cfg)  # on the driver, before the MLflow run opens and any worker is placed
@@ -214,6 +227,9 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
     params = tracking.config_params(cfg.to_dict())
     run_id = tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, params)
     job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id, validations=tuple(validations))
+    link = tracking.experiment_link(uri, tracking.client(uri), run_id)
+    if link:
+        print(f"[vlsa] MLflow run: {link}", flush=True)
     try:
         if done:
             print(f"[vlsa] every stage of run {run} is already complete", flush=True)
@@ -228,5 +244,6 @@ def train(cfg: Config, train_fn: Callable | None = None) -> TrainOutcome:
         tracking.close_run(uri, run_id, ok=False)
         raise
     tracking.client(uri).set_tag(run_id, "final_checkpoint", final.uri)
+    log_model(cfg, uri, run_id, final.uri)
     tracking.close_run(uri, run_id, ok=True)
     return TrainOutcome(run, final.uri, uri, run_id)

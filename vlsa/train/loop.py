@@ -10,10 +10,13 @@ RNG and data position restored. Rank 0 logs to the stage's MLflow run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -25,8 +28,11 @@ import torch
 from vlsa.config import Config, ConfigError, config_from_dict
 from vlsa.data.collate import Collator
 from vlsa.data.ssft import CoverageMeter
+from vlsa.io import storage
 from vlsa.io.grid import side_by_side
+from vlsa.io.system_metrics import NodeMonitor
 from vlsa.io.tracking import StageTracker
+from vlsa.labels.schema import MANIFEST as LABEL_MANIFEST
 from vlsa.model import weights as model_weights
 from vlsa.model.builder import build_model, build_model_tokenizer
 from vlsa.model.deepspeed_cpu import import_deepspeed
@@ -79,6 +85,8 @@ class StepInfo:
     step: int
     rank: int
     result: StepResult | None = None
+    total_steps: int = 0
+    """Optimizer steps of the stage (0 where not known)."""
 
 
 @dataclass
@@ -103,6 +111,10 @@ class Worker:
     """Writes this worker's checkpoints (the upload runs in the background)."""
     scratch: Path
     """This machine's scratch folder (``run.scratch_dir``)."""
+    local_rank: int = 0
+    """Rank among the workers of this node (its first one samples the node's system metrics)."""
+    node: str = "node-0"
+    """This node's name in the system metrics: ``node-<node rank>-<host>``."""
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -121,7 +133,9 @@ def setup_worker(use_gpu: bool, scratch_dir: str = "") -> Worker:
     if not dist.is_initialized():  # ScalingConfig(num_workers=0) runs in-process without one
         _single_process_group(device)
     scratch = train_state.scratch_root(scratch_dir)
-    return Worker(rank, world_size, device, train_state.Saver(scratch, rank, world_size), scratch)
+    node = f"node-{context.get_node_rank()}-{socket.gethostname()}"
+    return Worker(rank, world_size, device, train_state.Saver(scratch, rank, world_size), scratch,
+                  context.get_local_rank(), node)
 
 
 def _single_process_group(device: torch.device) -> None:
@@ -276,6 +290,7 @@ class StageRun:
         if resume is not None:
             self._restore(resume)
         self.tracker = self._tracker(resumed=resume is not None)
+        self.monitor = self._node_monitor()
 
     def _restore(self, info: ckpt.CheckpointInfo) -> None:
         state, fetched = train_state.restore(self.engine, info, rank=self.worker.rank,
@@ -298,7 +313,36 @@ class StageRun:
                             "world_size": self.worker.world_size, "zero_stage": self.stage.zero_stage,
                             "accumulation": self.stage.accumulation(self.worker.world_size)})
         tracker.client.set_tag(tracker.run_id, "vlsa.resumed", str(resumed))
+        self._log_dataset(tracker)
         return tracker
+
+    def _log_dataset(self, tracker: StageTracker) -> None:
+        """The stage's data as the run's dataset input: the label manifest when the labeling job made its
+        labels, else the validation manifest of its records (the driver checked either; both fingerprint
+        the data)."""
+        data = self.stage.data
+        checked = self.job.validations[self.index] if self.job.validations else ""
+        manifest = checked or (storage.join(data.labels, LABEL_MANIFEST) if data.labels else "")
+        if not manifest or not storage.exists(manifest):
+            return
+        digest = hashlib.sha256(storage.read_bytes(manifest)).hexdigest()
+        kind = "labels" if data.labels else "records"
+        tracker.log_dataset(f"{self.stage.name}-{kind}", manifest, digest,
+                            profile=json.dumps({"records": data.train, "samples": len(self.data.dataset)}))
+
+    def _node_monitor(self) -> NodeMonitor | None:
+        """The system-metrics monitor of this node, on its first worker, logging to the stage's run."""
+        interval = self.cfg.run.mlflow.system_metrics_interval_s
+        if not interval:
+            return None
+        run_id = [self.tracker.run_id if self.tracker is not None else None]
+        if self.worker.world_size > 1:  # only rank 0 opened the stage's run
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(run_id, src=0)
+        if self.worker.local_rank != 0:
+            return None
+        return NodeMonitor(self.job.tracking_uri, run_id[0], self.worker.node, interval).start()
 
     # ------------------------------------------------------------------------------------ steps
 
@@ -307,12 +351,18 @@ class StageRun:
         stream = self.data.micro_batches()
         accumulation = self.engine.gradient_accumulation_steps()
         every = self.cfg.train.checkpoint_every
-        while self.progress.step < self.data.total_steps:
-            self.one_step(stream, accumulation)
-            if every and self.progress.step % every == 0 and self.progress.step < self.data.total_steps:
-                self.save(final=False)
-        self.log_reconstructions()
-        uri = self.save(final=True)
+        try:
+            while self.progress.step < self.data.total_steps:
+                self.one_step(stream, accumulation)
+                if every and self.progress.step % every == 0 and self.progress.step < self.data.total_steps:
+                    self.save(final=False)
+            self.log_reconstructions()
+            uri = self.save(final=True)
+        finally:  # a failing step too: what it logged is sent before the error ends the worker
+            if self.monitor is not None:
+                self.monitor.stop()
+            if self.tracker is not None:
+                self.tracker.flush()
         if self.tracker is not None:
             self.tracker.finish()
         return uri
@@ -340,7 +390,8 @@ class StageRun:
         self.rejects.check()  # every rank agrees on the counts, so every rank stops together
         self.progress.skips.check(result, self.progress.step)  # raises after too many skips in a row
         if self.hooks.after_step is not None:
-            self.hooks.after_step(StepInfo(self.index, self.stage.name, self.progress.step, self.worker.rank, result))
+            self.hooks.after_step(StepInfo(self.index, self.stage.name, self.progress.step, self.worker.rank, result,
+                                           self.data.total_steps))
         return result
 
     def _log(self, result: StepResult, lrs: dict[str, float], seconds: float) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from ray.tune import Callback
 
 from vlsa.io import tracking
+from vlsa.tune.report import GLOBAL_STEP
 from vlsa.tune.tracking import find_trial_run, numeric_metrics
 
 
@@ -31,7 +32,9 @@ class MLflowTrials(Callback):
         run_id = self._run(trial)
         if run_id is None:
             return
-        step, now = int(result.get("training_iteration", 0)), int(result.get("timestamp", 0) * 1000)
+        # Curves of trials line up by optimizer step over all stages (Tune's result count is not comparable).
+        step = int(result.get(GLOBAL_STEP, result.get("training_iteration", 0)))
+        now = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, v, now, step) for k, v in sorted(numeric_metrics(result).items())]
         tracking.client(self.uri).log_batch(run_id, metrics=metrics)
 

@@ -7,6 +7,9 @@ finished trials are kept, unfinished and failed ones run (again, continuing from
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +19,9 @@ from vlsa.config import Config, ConfigError, check_batches, flatten
 from vlsa.data.demo import generate_demo
 from vlsa.io import storage, tracking
 from vlsa.io.tracking import tracking_uri
-from vlsa.tune.points import sample_points
-from vlsa.tune.resources import DRIVER_CPUS, max_concurrent
+from vlsa.tune.points import VARIANT_KEY, sample_points
+from vlsa.tune.report import GLOBAL_STEP
+from vlsa.tune.resources import DRIVER_CPUS, cluster_capacity, max_concurrent
 from vlsa.tune.tracking import numeric_metrics, open_sweep_run
 from vlsa.tune.trial import apply_point, run_trial
 
@@ -98,25 +102,71 @@ def check_space(cfg: Config, space: dict[str, Any], samples: int = 2) -> None:
 def scheduler(cfg: Config):
     """ASHA early stopping over the trials' reports, or None (every trial runs to its end).
 
-    Its time unit is Tune's result count (one per optimizer step, one per checkpoint). Trials end by
-    themselves, so the rungs go on without a last one that would stop every trial.
+    Its time axis is ``global_step`` (optimizer steps over all stages; ``tune.grace_period`` of them
+    before a trial may be stopped); it compares ``tune.metric`` as reported, the mean over the last
+    ``tune.report_every`` steps, a smoothed training loss. Trials end by themselves, so the rungs go
+    on without a last one that would stop every trial.
     """
     if cfg.tune.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=2**31, grace_period=cfg.tune.grace_period,
+    return ASHAScheduler(time_attr=GLOBAL_STEP, max_t=2**31, grace_period=cfg.tune.grace_period,
                          reduction_factor=cfg.tune.reduction_factor)
 
 
-def trainable(cfg: Config, sweep: dict[str, str]):
-    """The trial function with the base config bound and a driver CPU reserved."""
+def trainable(cfg: Config, sweep: dict[str, str], derived: dict[str, Any] | None = None):
+    """The trial function with the base config (and the paths it derives from a searcher's point)
+    bound and a driver CPU reserved."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=sweep), {"cpu": DRIVER_CPUS})
+    fn = tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=sweep, derived=derived or {})
+    return tune.with_resources(fn, {"cpu": DRIVER_CPUS})
 
 
-def tune_config(cfg: Config):
+def search_plan(cfg: Config, space: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(Tune's search algorithm or None, the space Tune sees, the paths each trial derives)."""
+    from vlsa.tune.search import optuna_search, split_space, uses_optuna
+
+    if not uses_optuna(cfg, space):
+        return None, space, {}
+    searched, derived = split_space(space)
+    return optuna_search(cfg), searched, derived
+
+
+def describe_search(cfg: Config, space: dict[str, Any]) -> dict[str, str]:
+    """The sweep's search and its stated budget, as params of its run."""
+    from vlsa.tune.search import uses_optuna
+
+    if uses_optuna(cfg, space):
+        return {"sweep.search": "optuna (TPE)", "sweep.budget": f"{cfg.tune.num_samples} trials"}
+    points = len(sample_points(space))
+    return {"sweep.search": "grid", "sweep.budget": f"{points * cfg.tune.num_samples} trials"}
+
+
+STRICT_METRIC_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+
+
+@contextlib.contextmanager
+def held_out_search(cfg: Config):
+    """While a searcher is told a held-out metric: Tune requires a searcher's metric in every result,
+    and a held-out score exists only in a trial's last one (Tune's documented switch turns that off;
+    the searcher itself skips results without it)."""
+    if not cfg.tune.final_metric():
+        yield
+        return
+    saved = os.environ.get(STRICT_METRIC_ENV)
+    os.environ[STRICT_METRIC_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(STRICT_METRIC_ENV, None)
+        else:
+            os.environ[STRICT_METRIC_ENV] = saved
+
+
+def tune_config(cfg: Config, search_alg=None):
     """Tune's settings: metric, samples, scheduler and the concurrency the cluster fits.
 
     A held-out metric exists only in a trial's last result, so Tune is not told the metric then
@@ -124,12 +174,12 @@ def tune_config(cfg: Config):
     finished trial's process starts the next one (its imports done) unless a scheduler may stop
     trials: only ending the process of a stopped trial ends the training run it launched.
     """
-    import ray
     from ray import tune
 
     metric = None if cfg.tune.final_metric() else cfg.tune.metric
     return tune.TuneConfig(metric=metric, mode=cfg.tune.mode if metric else None, num_samples=cfg.tune.num_samples,
-                           scheduler=scheduler(cfg), max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
+                           search_alg=search_alg, scheduler=scheduler(cfg),
+                           max_concurrent_trials=max_concurrent(cfg, cluster_capacity()),
                            reuse_actors=cfg.tune.scheduler == "fifo")
 
 
@@ -143,14 +193,15 @@ def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, call
     path = sweep_path(cfg, name)
     uri = tracking_uri(cfg.run.mlflow.tracking_uri)
     info = {"name": name, "trials": f"{path}/trials", "tracking_uri": uri, "run_id": run_id}
-    fn = trainable(cfg, info)
+    search_alg, searched, derived = search_plan(cfg, space)
+    fn = trainable(cfg, info, derived)
     filesystem, _ = storage.pyarrow_filesystem(path)
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        return tune.Tuner.restore(path, fn, param_space=space, resume_errored=True, storage_filesystem=filesystem)
+        return tune.Tuner.restore(path, fn, param_space=searched, resume_errored=True, storage_filesystem=filesystem)
     root, _ = path.rsplit("/", 1)
     fs, root_path = storage.pyarrow_filesystem(root)
     return tune.Tuner(
-        fn, param_space=space, tune_config=tune_config(cfg),
+        fn, param_space=searched, tune_config=tune_config(cfg, search_alg),
         run_config=tune.RunConfig(name=name, storage_path=root_path, storage_filesystem=fs,
                                   failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
                                   callbacks=[MLflowTrials(uri, run_id), *callbacks]),
@@ -173,12 +224,18 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
         raise ConfigError(f"tune.metric={cfg.tune.metric!r} scores held-out questions, but eval.data is empty "
                           f"(set it to a question file with answers and categories, as the demo's eval.jsonl)")
     check_space(cfg, space)
-    params = {"sweep.keys": ",".join(sorted(space)), **tracking.config_params(cfg.to_dict())}
+    search = describe_search(cfg, space)
+    print(f"[vlsa] sweep {name}: search {search['sweep.search']}, budget {search['sweep.budget']}", flush=True)
+    params = {"sweep.keys": ",".join(sorted(space)), **search, **tracking.config_params(cfg.to_dict())}
     run_id = open_sweep_run(uri, cfg.run.mlflow.experiment, path, name, params)
     if command:
         tracking.client(uri).set_tag(run_id, "vlsa.command", command)
+    link = tracking.experiment_link(uri, tracking.client(uri), run_id)
+    if link:
+        print(f"[vlsa] MLflow sweep run: {link}", flush=True)
     try:
-        results = build_tuner(cfg, space, name, run_id, callbacks).fit()
+        with held_out_search(cfg):
+            results = build_tuner(cfg, space, name, run_id, callbacks).fit()
         outcome = summarize(results, cfg, path, run_id)
     except SweepInterrupted:
         tracking.client(uri).set_terminated(run_id, status="KILLED")
@@ -187,6 +244,7 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
         tracking.close_run(uri, run_id, ok=False)
         raise
     log_best(uri, outcome)
+    log_summary(uri, outcome)
     tracking.close_run(uri, run_id, ok=not outcome.results.errors)
     return outcome
 
@@ -227,3 +285,35 @@ def log_best(uri: str, outcome: SweepOutcome) -> None:
     now = int(time.time() * 1000)
     tracking.client(uri).log_batch(outcome.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())],
                                    tags=tags)
+
+
+SUMMARY_FILE = "sweep/summary.json"
+"""The sweep run's table artifact: one row per trial."""
+
+
+def summary_table(outcome: SweepOutcome) -> dict[str, list]:
+    """Columns of the sweep summary: trial, variant, status, every metric of its last result, its point."""
+    rows = []
+    for result in outcome.results:
+        config = dict(result.config or {})
+        metrics = numeric_metrics(result.metrics or {})
+        variant = config.get(VARIANT_KEY) or (result.metrics or {}).get("trial_id", "")
+        rows.append({"trial": (result.metrics or {}).get("trial_id", ""), "variant": variant,
+                     "status": "ERROR" if result.error else "OK"}
+                    | {f"metric/{k}": v for k, v in metrics.items()} | {f"config/{k}": v for k, v in config.items()})
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return {column: [row.get(column) for row in rows] for column in columns}
+
+
+def log_summary(uri: str, outcome: SweepOutcome) -> None:
+    """The summary as a table artifact of the sweep's run, in the file format and with the run tag of
+    ``MlflowClient.log_table`` (MLflow shows it as a table), replaced by each run of the sweep (``log_table``
+    would append the restored sweep's trials again)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    table = summary_table(outcome)
+    text = json.dumps({"columns": list(table), "data": [list(row) for row in zip(*table.values())]}, default=str)
+    mlflow_client = tracking.client(uri)
+    mlflow_client.log_text(outcome.run_id, text, SUMMARY_FILE)
+    mlflow_client.set_tag(outcome.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([{"path": SUMMARY_FILE, "type": "table"}]))
+

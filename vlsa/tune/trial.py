@@ -2,7 +2,8 @@
 
 This is the pattern Ray recommends for Tune with Train V2: the trial's function builds the
 ``TorchTrainer`` and calls ``fit()``; a Train callback forwards the workers' reports to Tune. The
-workers run the normal training loop with a hook that reports each step's losses; when the sweep's
+workers run the normal training loop with a hook that reports the mean losses of every
+``tune.report_every`` steps (``vlsa.tune.report``); when the sweep's
 metric is a held-out one, rank 0 then scores the final checkpoint there (the trial's own process
 holds a single CPU).
 """
@@ -19,6 +20,7 @@ from vlsa.io import tracking
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.driver import build_trainer, resolve
 from vlsa.train.loop import Hooks, JobInfo, train_worker
+from vlsa.tune.report import WindowReporter
 from vlsa.tune.tracking import open_trial_run
 
 
@@ -36,21 +38,15 @@ def trial_config(base: dict[str, Any], point: dict[str, Any], *, name: str, stor
     return trial.with_overrides({"run.name": name, "run.storage_path": storage_path})
 
 
-def report_step(info) -> None:
-    """Training-loop hook: report the step's losses to Ray Train (every worker calls it)."""
-    import ray.train
-
-    metrics = dict(info.result.losses) if info.result is not None else {}
-    ray.train.report(metrics | {"stage_index": info.stage_index, "step": info.step})
-
-
 def train_fn(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function of a trial: the normal loop plus per-step reports, then, when
-    the sweep's metric is a held-out one, a last report with rank 0's score of the final checkpoint."""
+    """Ray Train's per-worker function of a trial: the normal loop plus a report every
+    ``tune.report_every`` steps, then, when the sweep's metric is a held-out one, a last report with
+    rank 0's score of the final checkpoint."""
     import ray.train
 
-    train_worker(config, Hooks(after_step=report_step))
     cfg = config_from_dict(config["cfg"])
+    reporter = WindowReporter(config["job"]["run"], cfg.tune.report_every, ray.train.report)
+    train_worker(config, Hooks(after_step=reporter))
     if cfg.tune.final_metric():
         rank = ray.train.get_context().get_world_rank()
         ray.train.report(held_out_metrics(cfg, config["job"]["run"]) if rank == 0 else {})
@@ -92,10 +88,13 @@ def held_out_metrics(cfg: Config, run: str) -> dict[str, float]:
     return metrics | {f"eval_accuracy/{kind}": acc for kind, acc in result["model"]["per_type"].items()}
 
 
-def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, str]) -> None:
-    """Tune's function trainable: train the base config with ``point`` applied."""
+def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, str],
+              derived: dict[str, Any] | None = None) -> None:
+    """Tune's function trainable: train the base config with ``point`` applied (and the paths
+    ``derived`` computes from it: those a searcher does not propose)."""
     import ray.tune
 
+    point = {path: fn.sample(config=point) for path, fn in (derived or {}).items()} | dict(point)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = resolve(trial_config(base, point, name=f"{sweep['name']}-{trial_id}", storage_path=sweep["trials"]))
     uri, run = sweep["tracking_uri"], ckpt.run_uri(cfg.run.storage_path, cfg.run.name)
