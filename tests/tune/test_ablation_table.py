@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from vlsa.config import flatten, load_config
-from vlsa.tune.ablate import SEED_SEP, bar_chart, seed_summary, seeded_points, summary_csv, summary_markdown
+from vlsa.tune.ablate import SEED_SEP, bar_chart, chart_values, seed_summary, seeded_points, summary_csv, summary_markdown
 from vlsa.tune.grids import tab4_rows
 from vlsa.tune.points import VARIANT_KEY
 
@@ -79,5 +79,8 @@ def test_the_seed_summary_gives_mean_and_spread_per_row_and_counts_failed_seeds(
     assert "| A |  | 2 | 0.600 (0.500-0.700) | 0.600 (0.500-0.700) | 0.610 (0.510-0.710) |" in markdown
     assert "| B | A | 1 | 0.900 |" in markdown and "`python -m vlsa.tune.ablate --grid tab4`" in markdown
     assert summary_csv(table).splitlines()[1].startswith("A,2,0.6,0.5,0.7,")
+    bars = chart_values(table)
+    assert [m for m, _, _ in bars["color"]] == pytest.approx([0.6, 0.9])
+    assert [m for m, _, _ in bars["position"]] == pytest.approx([0.63, 0.93])
     png = bar_chart(table, "T")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

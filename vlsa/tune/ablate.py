@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import shlex
 import sys
@@ -155,6 +156,12 @@ def summary_csv(table: Table) -> str:
     return out.getvalue()
 
 
+def chart_values(table: Table) -> dict[str, list[tuple[float, float, float]]]:
+    """Per question type, the (mean, min, max) of each row of a seed summary ((0, 0, 0) where none finished)."""
+    column = {key: i for i, key in enumerate(table.columns)}
+    return {kind: [row[column[f"eval_accuracy/{kind}"]] or (0.0, 0.0, 0.0) for row in table.rows] for kind in KINDS}
+
+
 def bar_chart(table: Table, title: str) -> bytes:
     """PNG bytes: per row, grouped bars of the per-type held-out accuracy (mean), min-max as error bars."""
     import matplotlib
@@ -164,10 +171,9 @@ def bar_chart(table: Table, title: str) -> bytes:
 
     fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
     width = 0.8 / len(KINDS)
-    for k, kind in enumerate(KINDS):
-        cells = [cells[1 + ACCURACY_KEYS.index(f"eval_accuracy/{kind}")] for _, _, *cells in table.rows]
-        means = [c[0] if c else 0.0 for c in cells]
-        errors = [[c[0] - c[1] if c else 0.0 for c in cells], [c[2] - c[0] if c else 0.0 for c in cells]]
+    for k, (kind, cells) in enumerate(chart_values(table).items()):
+        means = [c[0] for c in cells]
+        errors = [[c[0] - c[1] for c in cells], [c[2] - c[0] for c in cells]]
         ax.bar([i + (k - (len(KINDS) - 1) / 2) * width for i in range(len(cells))], means, width, yerr=errors,
                capsize=2, label=kind)
     ax.axhline(0.25, color="grey", linewidth=0.8, linestyle="--", label="chance")
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the labeling job's progress
     cfg = load_config(args.config, [*ABLATION_OVERRIDES, *args.overrides])
     compared = {row: r.compared_with for row, r in tab4_rows(cfg).items()} if args.grid == "tab4" else {}
     with ray_session(args.num_cpus):
