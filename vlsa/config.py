@@ -596,6 +596,11 @@ class DemoConfig:
     max_side: int = 96
     """Largest image side in pixels."""
 
+    def __post_init__(self) -> None:
+        _check_positive("demo.min_side", self.min_side)
+        if self.max_side < self.min_side:
+            raise ConfigError(f"demo.max_side {self.max_side} is below demo.min_side {self.min_side}")
+
 
 @dataclass
 class TuneConfig:
