@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from vlsa.config import Config
@@ -23,9 +24,11 @@ the position words mean the same place of the padded canvas in every image."""
 
 
 def labels_dir(cfg: Config, root: Path, data_file: str) -> str:
-    """Labels of one data file, in a folder named by what the labels depend on (so a changed
-    tokenizer-free config reuses them and a changed VQ/VAE config does not)."""
-    key = hashlib.sha256(json.dumps(label_identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    """Labels of one data file, in a folder named by what the labels depend on: the label models and the
+    drawn images (so a changed tokenizer-free config reuses them, and a changed VQ/VAE config or demo
+    drawing, which redraws the images in place, does not)."""
+    depends = {"labels": label_identity(cfg), "demo": asdict(cfg.demo), "seed": cfg.train.seed}
+    key = hashlib.sha256(json.dumps(depends, sort_keys=True).encode()).hexdigest()[:10]
     return str(root / "labels" / f"{Path(data_file).stem}-{key}")
 
 
