@@ -28,6 +28,8 @@ THIRD_PARTY_NOTICES = {
     "transformers.modeling_utils": ("The new embeddings will be initialized", "The new lm_head weights will be"),
     # The frozen VQ-VAE / VAE are cast to their dtype on purpose; diffusers notes it even with no fp32 module.
     "diffusers.models.modeling_utils": ("There are modules in ",),
+    # Our Ray Data jobs turn the progress bars off themselves (they log their own progress).
+    "ray.data._internal.progress": ("Progress bars disabled",),
 }
 """Logger name -> message prefixes of third-party log notices hidden in every process of a command."""
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
