@@ -195,7 +195,10 @@ def _write_and_log(out_dir: str, run_id: str, uri: str, files: dict[str, str | b
     mlflow_client, paths = tracking.client(uri), {}
     for file_name, content in files.items():
         path = Path(out_dir) / file_name
-        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
         mlflow_client.log_artifact(run_id, str(path), "ablation")
         paths[file_name] = str(path)
     return paths
