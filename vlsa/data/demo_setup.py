@@ -32,9 +32,9 @@ def labels_dir(cfg: Config, root: Path, data_file: str) -> str:
     return str(root / "labels" / f"{Path(data_file).stem}-{key}")
 
 
-def prepare_demo(cfg: Config, root: Path, *, label_all: bool = False) -> tuple[Config, DemoPaths]:
-    """Generate the demo data, label the files of stages with SSFT turns (every stage's with
-    ``label_all``), point every stage at its data and ``eval`` at the held-out split.
+def prepare_demo(cfg: Config, root: Path) -> tuple[Config, DemoPaths]:
+    """Generate the demo data, label the files of stages with SSFT turns, point every stage at its data
+    and ``eval`` at the held-out split.
 
     Returns (config with data paths, ``DemoPaths``).
     """
@@ -44,7 +44,7 @@ def prepare_demo(cfg: Config, root: Path, *, label_all: bool = False) -> tuple[C
         data, key = stage.data, f"train.stages.{i}.data"
         train, image_root = data.train or paths.train_file(data.template), data.image_root or paths.image_root
         overrides |= {f"{key}.train": train, f"{key}.image_root": image_root}
-        if not data.labels and (label_all or data.ssft.p_vq > 0 or data.ssft.p_px > 0):
+        if not data.labels and (data.ssft.p_vq > 0 or data.ssft.p_px > 0):
             overrides[f"{key}.labels"] = labels_dir(cfg, root, train)
             run_labeling(cfg, train, image_root, overrides[f"{key}.labels"])
     return cfg.with_overrides(overrides), paths

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from vlsa.config import Config, load_config
+from vlsa.config import load_config
 from vlsa.data.demo_setup import DEMO_RUN, prepare_demo
 from vlsa.eval.demo import evaluate
 from vlsa.io import tracking
