@@ -9,25 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from vlsa.config import Config
+from vlsa.tune import grids
 from vlsa.tune.points import copy_of, named_grid, stage_key
 
-DEFAULT_P = 0.3
-"""Insertion probability of an enabled task when the base config gives none."""
-
-
-def ssft_stages(cfg: Config) -> list[int]:
-    """Indices of the stages whose data get SSFT turns."""
-    used = [i for i, s in enumerate(cfg.train.stages) if s.data.ssft.p_vq > 0 or s.data.ssft.p_px > 0]
-    return used or [len(cfg.train.stages) - 1]
-
-
-def _probabilities(cfg: Config, pixels: bool, vq: bool) -> dict[str, float]:
-    out = {}
-    for i in ssft_stages(cfg):
-        ssft = cfg.train.stages[i].data.ssft
-        out[stage_key(i, "data.ssft.p_px")] = (ssft.p_px or DEFAULT_P) if pixels else 0.0
-        out[stage_key(i, "data.ssft.p_vq")] = (ssft.p_vq or DEFAULT_P) if vq else 0.0
-    return out
+ssft_stages, _probabilities = grids.ssft_stages, grids.ssft_probabilities
 
 
 def grid(cfg: Config) -> dict[str, Any]:

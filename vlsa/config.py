@@ -139,9 +139,13 @@ class ProjectorConfig:
     """P from the learnable query (``query``) or mean pooling of V (``pool``, ablation ex3)."""
     num_queries: int = 0
     """Q-former queries (0: as many as low-res tokens l)."""
+    key_init: str = "random"
+    """Start of Eq. 2's w_k: ``random`` (PyTorch's default) or ``identity`` (tokens first attend to tokens like
+    themselves; for small random vision towers, whose weak features make a random w_k average every token)."""
 
     def __post_init__(self) -> None:
         _check_choice("model.projector.type", self.type, PROJECTORS)
+        _check_choice("model.projector.key_init", self.key_init, ("random", "identity"))
         _check_choice("model.projector.global_embedding", self.global_embedding, ("query", "pool"))
         _check_positive("model.projector.heads", self.heads)
 
@@ -600,6 +604,11 @@ class DemoConfig:
     """Smallest image side in pixels."""
     max_side: int = 96
     """Largest image side in pixels."""
+
+    def __post_init__(self) -> None:
+        _check_positive("demo.min_side", self.min_side)
+        if self.max_side < self.min_side:
+            raise ConfigError(f"demo.max_side {self.max_side} is below demo.min_side {self.min_side}")
 
 
 @dataclass

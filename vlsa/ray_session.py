@@ -11,9 +11,56 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import time
+import warnings
 from typing import Callable, Iterator
+
+THIRD_PARTY_WARNINGS = (
+    # DeepSpeed's ZeRO calls torch.distributed collectives that torch deprecates: one warning per call site
+    # and worker, dozens a run, about code we do not own.
+    (FutureWarning, r"torch\.distributed\.c10d_logger"),
+)
+"""(category, module regex) of third-party warnings hidden in every process of a command."""
+THIRD_PARTY_NOTICES = {
+    # Adding the image and SSFT marker tokens resizes the embeddings; the mean-resizing notice is expected.
+    "transformers.modeling_utils": ("The new embeddings will be initialized", "The new lm_head weights will be"),
+    # The frozen VQ-VAE / VAE are cast to their dtype on purpose; diffusers notes it even with no fp32 module.
+    "diffusers.models.modeling_utils": ("There are modules in ",),
+    # Our Ray Data jobs turn the progress bars off themselves (they log their own progress).
+    "ray.data._internal.progress": ("Progress bars disabled",),
+}
+"""Logger name -> message prefixes of third-party log notices hidden in every process of a command."""
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+"""Environment of every process: no 'Loading weights' progress bar per model part and worker."""
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_third_party() -> None:
+    """Hide the known third-party noise (``THIRD_PARTY_WARNINGS``, ``THIRD_PARTY_NOTICES``, progress bars)
+    in this process; every other warning, our own included, still shows. Ray runs it in each worker."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for category, module in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", category=category, module=module)
+    for name, prefixes in THIRD_PARTY_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices(prefixes))
+
+
+def quiet_runtime_env() -> dict:
+    """The runtime environment that runs ``quiet_third_party`` in every Ray worker of the job."""
+    return {"worker_process_setup_hook": f"{__name__}.quiet_third_party", "env_vars": dict(QUIET_ENV)}
 
 
 def default_num_cpus() -> int:
@@ -36,10 +83,11 @@ def ray_session(num_cpus: int) -> Iterator[None]:
     import torch
 
     started = not ray.is_initialized()
+    quiet_third_party()
     if started and os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=quiet_runtime_env())
     elif started:
-        ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count())
+        ray.init(num_cpus=num_cpus, num_gpus=torch.cuda.device_count(), runtime_env=quiet_runtime_env())
     try:
         yield
     finally:

@@ -113,3 +113,19 @@ def test_bad_shapes_name_the_values(inputs):
         p(v_lo, v_hi[:, :10])
     with pytest.raises(ValueError, match="not divisible by heads 5"):
         SAPerceiver(32, 48, heads=5)
+
+
+def test_identity_key_init_keeps_the_tokens_apart_where_a_random_one_averages_them():
+    torch.manual_seed(0)
+    v_lo, v_hi = torch.randn(2, 16, 64), torch.randn(2, 64, 64)
+    identity, default = SAPerceiver(64, 32, heads=1, key_init="identity"), SAPerceiver(64, 32, heads=1)
+    assert torch.equal(identity.w_k.weight, torch.eye(64)) and not torch.equal(default.w_k.weight, torch.eye(64))
+
+    def self_weight(p: SAPerceiver) -> float:
+        x = torch.cat([v_lo, p.query.expand(2, 1, -1)], dim=1)
+        scores = torch.softmax(x @ p.w_k(x).transpose(1, 2) / 8, dim=-1)  # one head: d_h = 64
+        return float(scores.diagonal(dim1=1, dim2=2).mean())
+
+    assert self_weight(identity) > 0.9 > 0.2 > self_weight(default)
+    out, _ = identity(v_lo, v_hi)
+    torch.testing.assert_close(out, reference(identity, v_lo, v_hi, heads=1)[0])  # still Eq. 1-2

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vlsa
+from vlsa.train.loop import eta
 from vlsa.train.schedule import WarmupCosine, build_scheduler, stage_total_steps, warmup_steps
 
 
@@ -53,3 +54,9 @@ def test_stage_steps_from_epochs_or_max_steps():
     assert stage_total_steps(stage1, 3, 2) == 1  # fewer samples than one step: still one step
     with pytest.raises(ValueError, match="stage stage1 has no training samples"):
         stage_total_steps(stage1, 0, 2)
+
+
+def test_progress_lines_state_the_time_left_at_the_pace_so_far():
+    assert eta(30.0, 3, 6) == "1:00"
+    assert eta(5.0, 10, 125) == "1:02"
+    assert eta(0.0, 0, 10) == "?"

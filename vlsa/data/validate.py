@@ -55,7 +55,8 @@ def check_images(records: list[Record], root: str, decode: DecodeConfig, use_ray
 
     chunks = [{"paths": json.dumps(paths[i : i + PATHS_PER_TASK])} for i in range(0, len(paths), PATHS_PER_TASK)]
     ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
-    ds.context.enable_progress_bars = False
+    ds.context.enable_progress_bars = False  # the validation logs its own start and result
+    ds.context.print_on_execution_start = False
     ds = ds.map_batches(check_batch, batch_size=1, num_cpus=1, fn_kwargs={"root": root, "decode": decode})
     bad: dict[str, str] = {}
     for row in ds.iter_rows():

@@ -108,6 +108,7 @@ def _dataset(cfg: Config, shards: list[list[Item]], pending: list[int], image_ro
     items = [{"shard": k, "items": json.dumps([[i.id, i.image] for i in shards[k]])} for k in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.enable_progress_bars = False  # this dataset only: the per-shard lines are the progress
+    ds.context.print_on_execution_start = False  # ... and the job's own log says what runs
     # A read task holds its decoded shard; reserving that memory also keeps Ray Data from fusing
     # decoding into the actors (it fuses only equal remote args), so the models never wait on it.
     ds = ds.map_batches(decode_batch, batch_size=1, num_cpus=plan.read_cpus,

@@ -11,7 +11,9 @@ Both attentions are multi-head (d_h = d / heads). The first l tokens are V (to t
 P (the global embedding for the denoiser). Ablations (Tab. 8): ``self_attention=False`` (ex1) drops
 Eq. 2 and keeps w_o2 as a plain projection; ``full_projections=True`` (ex2) adds separate value and
 query projections (w_v1, w_q2, w_v2); ``global_embedding="pool"`` (ex3) drops q and takes P as the
-mean of V.
+mean of V. ``key_init="identity"`` starts w_k as the identity instead of at random (the tiny preset:
+with a small random vision tower a random w_k makes Eq. 2 average all tokens alike, so the LLM gets
+the image's mean and no layout).
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_ma
     return _merge(out)
 
 
+class IdentityLinear(nn.Linear):
+    """A linear layer that starts as the identity (square only). Set in ``reset_parameters``, which
+    ``nn.Linear`` calls while it is built: under ZeRO-3's ``zero.Init`` the values exist before they are
+    partitioned."""
+
+    def reset_parameters(self) -> None:
+        nn.init.eye_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
 class SAPerceiver(nn.Module):
     """The SA-Perceiver: ``forward(v_lo, v_hi, hi_mask=None) -> (V (B, l, D), P (B, D))``."""
 
@@ -49,6 +61,7 @@ class SAPerceiver(nn.Module):
         self_attention: bool = True,
         full_projections: bool = False,
         global_embedding: str = "query",
+        key_init: str = "random",
     ) -> None:
         super().__init__()
         if vision_dim % heads:
@@ -62,7 +75,7 @@ class SAPerceiver(nn.Module):
             self.query = nn.Parameter(torch.randn(1, d) * d**-0.5)  # q (1 x d)
         self.w_q, self.w_kv, self.w_o1 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         if self_attention:
-            self.w_k = nn.Linear(d, d)
+            self.w_k = IdentityLinear(d, d) if key_init == "identity" else nn.Linear(d, d)
         self.w_o2 = nn.Linear(d, llm_dim)
         if full_projections:  # ex2: the projections Eq. 1-2 leave out
             self.w_v1 = nn.Linear(d, d)
@@ -72,7 +85,8 @@ class SAPerceiver(nn.Module):
     @classmethod
     def from_config(cls, cfg, vision_dim: int, llm_dim: int) -> "SAPerceiver":
         """Build from a ``ProjectorConfig``."""
-        return cls(vision_dim, llm_dim, cfg.heads, cfg.self_attention, cfg.full_projections, cfg.global_embedding)
+        return cls(vision_dim, llm_dim, cfg.heads, cfg.self_attention, cfg.full_projections, cfg.global_embedding,
+                   cfg.key_init)
 
     def forward(
         self, v_lo: torch.Tensor, v_hi: torch.Tensor, hi_mask: torch.Tensor | None = None

@@ -9,48 +9,20 @@ frequent training answer per question type). Everything lands in the working dir
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Iterable
 
-from vlsa.config import Config, load_config
-from vlsa.data.demo import generate_demo
+from vlsa.config import load_config
+from vlsa.data.demo_setup import DEMO_RUN, prepare_demo
 from vlsa.eval.demo import evaluate
 from vlsa.io import tracking
-from vlsa.labels.pipeline import run_labeling
-from vlsa.labels.schema import label_identity
 from vlsa.train.driver import train
 
 DEMO_DIR = "demo_data"
-# Two single-CPU workers (data-parallel ZeRO over gloo) use a 2-core laptop better than one worker
-# whose PyTorch Ray limits to one thread; given first, so command-line overrides win.
-DEFAULT_OVERRIDES = ("run.num_workers=2", "run.cpus_per_worker=1")
-
-
-def labels_dir(cfg: Config, root: Path, data_file: str) -> str:
-    """Labels of one data file, in a folder named by what the labels depend on (so a changed
-    tokenizer-free config reuses them and a changed VQ/VAE config does not)."""
-    key = hashlib.sha256(json.dumps(label_identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    return str(root / "labels" / f"{Path(data_file).stem}-{key}")
-
-
-def prepare_data(cfg: Config, root: Path):
-    """Generate the demo data, label the files of stages with SSFT turns, point every stage at its data.
-
-    Returns (config with data paths, ``DemoPaths``). Needs Ray (the labeling runs on Ray Data).
-    """
-    paths = generate_demo(cfg.demo, root, seed=cfg.train.seed)
-    overrides = {}
-    for i, stage in enumerate(cfg.train.stages):
-        data, key = stage.data, f"train.stages.{i}.data"
-        train, image_root = data.train or paths.train_file(data.template), data.image_root or paths.image_root
-        overrides |= {f"{key}.train": train, f"{key}.image_root": image_root}
-        if not data.labels and (data.ssft.p_vq > 0 or data.ssft.p_px > 0):
-            overrides[f"{key}.labels"] = labels_dir(cfg, root, train)
-            run_labeling(cfg, train, image_root, overrides[f"{key}.labels"])
-    return cfg.with_overrides(overrides), paths
+# Given first, so command-line overrides win.
+DEFAULT_OVERRIDES = DEMO_RUN
 
 
 def log_evaluation(outcome, result: dict, seconds: dict[str, float]) -> None:
@@ -83,7 +55,7 @@ def report(outcome, result: dict, seconds: dict[str, float]) -> str:
 def main(overrides: Iterable[str] = (), root: str | Path = DEMO_DIR) -> dict:
     """Run the embedded default on the current Ray instance; returns the numbers it printed."""
     start = time.perf_counter()
-    cfg, paths = prepare_data(load_config("tiny", [*DEFAULT_OVERRIDES, *overrides]), Path(root).resolve())
+    cfg, paths = prepare_demo(load_config("tiny", [*DEFAULT_OVERRIDES, *overrides]), Path(root).resolve())
     prepared = time.perf_counter()
     outcome = train(cfg)
     trained = time.perf_counter()

@@ -61,6 +61,14 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def eta(elapsed_s: float, done: int, left: int) -> str:
+    """Time left at the pace so far, as ``m:ss`` (``?`` before the first step)."""
+    if done < 1:
+        return "?"
+    seconds = round(elapsed_s / done * left)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """What the driver resolved for the workers."""
@@ -291,6 +299,8 @@ class StageRun:
             self._restore(resume)
         self.tracker = self._tracker(resumed=resume is not None)
         self.monitor = self._node_monitor()
+        self.pace = (time.perf_counter(), self.progress.step)
+        """(time, step) the ETA of the progress lines counts from."""
 
     def _restore(self, info: ckpt.CheckpointInfo) -> None:
         state, fetched = train_state.restore(self.engine, info, rank=self.worker.rank,
@@ -350,6 +360,7 @@ class StageRun:
         """Train to the stage's last step; returns the URI of the checkpoint that ends the stage."""
         stream = self.data.micro_batches()
         accumulation = self.engine.gradient_accumulation_steps()
+        self.pace = (time.perf_counter(), self.progress.step)  # the ETA counts this run's steps only
         every = self.cfg.train.checkpoint_every
         try:
             while self.progress.step < self.data.total_steps:
@@ -401,10 +412,13 @@ class StageRun:
         metrics = step_metrics(result, lrs, self.progress, seconds, epoch) | self.coverage.means() | self.rejects.metrics()
         self.tracker.log_metrics(metrics, self.progress.step)
         total = self.data.total_steps
-        if self.progress.step == 1 or self.progress.step % max(1, total // 10) == 0 or self.progress.step == total:
+        step = self.progress.step
+        if step == 1 or step % max(1, total // 10) == 0 or step == total:
             loss = result.losses.get("loss", float("nan"))
-            say(f"{self.stage.name} step {self.progress.step}/{total} loss {loss:.4f} "
-                f"grad_norm {result.grad_norm:.3f} {metrics['samples_per_s']:.1f} samples/s")
+            started, first = self.pace
+            left = eta(time.perf_counter() - started, step - first, total - step)
+            say(f"{self.stage.name} step {step}/{total} loss {loss:.4f} "
+                f"grad_norm {result.grad_norm:.3f} {metrics['samples_per_s']:.1f} samples/s, ETA {left}")
 
     # ------------------------------------------------------------------------------------ outputs
 
