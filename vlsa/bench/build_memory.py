@@ -27,6 +27,7 @@ from vlsa.bench.device import describe
 from vlsa.bench.report import Report, table
 from vlsa.bench.variants import bench_stage, workload
 from vlsa.config import Config, config_from_dict
+from vlsa.io.environ import patched_environ
 from vlsa.model import weights
 from vlsa.model.builder import build_model
 from vlsa.model.params import apply_stage
@@ -132,16 +133,8 @@ def _spawn(fn, args: tuple, nprocs: int) -> None:
     """Run ``fn`` in ``nprocs`` new processes started with ``ALLOCATOR`` in their environment."""
     import torch.multiprocessing as mp
 
-    saved = {k: os.environ.get(k) for k in ALLOCATOR}
-    os.environ.update(ALLOCATOR)  # read by glibc when each new process starts
-    try:
+    with patched_environ(ALLOCATOR):  # read by glibc when each new process starts
         mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------------------ run
