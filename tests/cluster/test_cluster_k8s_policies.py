@@ -181,6 +181,13 @@ def test_dockerfiles_pin_bases_and_verify_the_installer():
     assert "FROM python:3.11-slim${PYTHON_BASE_DIGEST}" in mlflow_file
 
 
+def test_the_walkthrough_installs_the_operator_pinned_by_digest():
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    install = re.search(r"helm install kuberay-operator .*?(?=\n\s*```)", readme, re.S)[0]
+    assert "--version 1.7.0" in install and "--set image.repository=quay.io/kuberay/operator" in install
+    assert re.search(r"--set image\.tag=v1\.7\.0@sha256:[0-9a-f]{64}\s", install + "\n"), install
+
+
 def _dockerignored(path: str, patterns: list[str]) -> bool:
     """Docker's rule for these simple patterns: a pattern matches the path or one of its parent folders."""
     from fnmatch import fnmatch
