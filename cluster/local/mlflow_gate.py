@@ -43,8 +43,9 @@ class OriginGate:
 
     async def __call__(self, scope: Scope, receive: Callable, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            origin = dict(scope.get("headers") or []).get(b"origin")
-            if origin is not None and origin.decode("latin-1") not in self.allowed:
+            # Every Origin header is checked (a browser sends one; MLflow would read the first).
+            origins = [value.decode("latin-1") for name, value in scope.get("headers") or [] if name == b"origin"]
+            if any(origin not in self.allowed for origin in origins):
                 return await _refuse(scope, send)
         return await self.app(scope, receive, send)
 

@@ -9,7 +9,7 @@ from cluster.local.mlflow_gate import OriginGate, allowed_origins
 OWN = "http://127.0.0.1:5000,http://localhost:5000"
 
 
-def _call(scope_type: str, origin: bytes | None) -> tuple[list[dict], bool]:
+def _call(scope_type: str, *origins: bytes | None) -> tuple[list[dict], bool]:
     """(messages the gate sent, whether the app was reached) for one request."""
     reached, sent = [], []
 
@@ -19,7 +19,7 @@ def _call(scope_type: str, origin: bytes | None) -> tuple[list[dict], bool]:
     async def send(message):
         sent.append(message)
 
-    headers = [(b"host", b"127.0.0.1:5000")] + ([(b"origin", origin)] if origin is not None else [])
+    headers = [(b"host", b"127.0.0.1:5000")] + [(b"origin", origin) for origin in origins if origin is not None]
     gate = OriginGate(app, allowed_origins(OWN))
     asyncio.run(gate({"type": scope_type, "path": "/api/2.0/mlflow/runs/create", "headers": headers}, None, send))
     return sent, bool(reached)
@@ -40,6 +40,8 @@ def test_the_gate_refuses_every_other_origin_without_cors_headers():
         sent, reached = _call("http", origin)
         assert not reached and sent[0]["status"] == 403, origin
         assert all(not name.startswith(b"access-control") for name, _ in sent[0]["headers"])
+    sent, reached = _call("http", b"http://localhost:5001", b"http://localhost:5000")  # one foreign of two
+    assert not reached and sent[0]["status"] == 403
     sent, reached = _call("websocket", b"http://localhost:5001")
     assert not reached and sent == [{"type": "websocket.close", "code": 1008}]
     assert _call("lifespan", None)[1]
