@@ -1,7 +1,10 @@
-"""Small training configs and MLflow readers shared by the training tests."""
+"""Small training configs, job drivers and MLflow readers shared by the training tests."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import vlsa
@@ -27,6 +30,24 @@ def small_config(demo, cache_dir: str, root: Path, name: str, tracking_uri: str,
     overrides = small_overrides(demo, cache_dir, workers=workers, labels=labels, steps=steps)
     overrides += [f"run.storage_path={root}", f"run.name={name}", f"run.mlflow.tracking_uri={tracking_uri}", *extra]
     return vlsa.load_config("tiny", overrides)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def launch_driver(head, overrides: list[str], log: Path) -> subprocess.Popen:
+    """``python ray_jobs/train.py --config tiny <overrides>`` as a driver of the Ray cluster of ``head``
+    (a :class:`cluster.local.RayHead`), its output appended to ``log``."""
+    env = {**head.client_env(), "RAY_ADDRESS": head.address, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "ray_jobs/train.py", "--config", "tiny", *overrides], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def driver_summary(process: subprocess.Popen, log: Path, timeout: float = 900) -> dict:
+    """The summary line a driver prints last, once it exits with 0 (else the log tail in the failure)."""
+    assert process.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    return json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith('{"final')))
 
 
 def stage_run(tracking_uri: str, parent_run_id: str, stage: str):
