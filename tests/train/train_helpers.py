@@ -11,17 +11,25 @@ import vlsa
 from vlsa.config import Config
 
 
-def small_overrides(demo, cache_dir: str, *, workers: int, labels: str, steps: int = 3) -> list[str]:
+def small_overrides(demo, cache_dir: str, *, workers: int, labels: str, steps: int = 3,
+                    stage2_only: bool = False) -> list[str]:
     """Both tiny stages on the four-image demo set: ``steps`` steps each, a checkpoint after every step;
-    ``labels``: the labeling job's output for the instruction file (Stage II inserts SSFT turns)."""
+    ``labels``: the labeling job's output for the instruction file (Stage II inserts SSFT turns).
+    ``stage2_only``: the tiny preset's Stage II as the run's only stage (from the tiny models, no Stage I)."""
     overrides = [f"model.cache_dir={cache_dir}", f"run.num_workers={workers}", "run.max_failures=2",
                  "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.loader_workers=0"]
-    for i in (0, 1):
+    if stage2_only:
+        stage2 = vlsa.load_config("tiny").to_dict()["train"]["stages"][1]
+        overrides.insert(0, "train.stages=" + json.dumps([stage2]))  # first: the overrides below index into it
+    data = {0: demo.instruct} if stage2_only else {0: demo.pretrain, 1: demo.instruct}
+    for i, train in data.items():
         overrides += [f"train.stages.{i}.data.image_root={demo.image_root}", f"train.stages.{i}.max_steps={steps}",
-                      f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2"]
-    overrides += [f"train.stages.1.data.labels={labels}"] if labels else []
-    overrides += [f"train.stages.0.data.train={demo.pretrain}", f"train.stages.1.data.train={demo.instruct}",
-                  "train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
+                      f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2",
+                      f"train.stages.{i}.data.train={train}"]
+    instruct = max(data)
+    overrides += [f"train.stages.{instruct}.data.labels={labels}"] if labels else []
+    if not stage2_only:
+        overrides += ["train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
     return overrides
 
 
