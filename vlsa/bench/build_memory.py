@@ -31,6 +31,7 @@ from vlsa.io.environ import patched_environ
 from vlsa.model import weights
 from vlsa.model.builder import build_model
 from vlsa.model.params import apply_stage
+from vlsa.train import state as train_state
 from vlsa.train.checkpoint import WEIGHTS
 from vlsa.train.loop import Worker, build_engine
 from vlsa.train.step import train_step
@@ -119,7 +120,9 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, checkpoint: str, o
 def _build_and_step(cfg: Config, rank: int, world: int, checkpoint: str) -> dict:
     marks = {"start": _gib(_status_kib("VmRSS"))}
     stage_index = cfg.bench.stage % len(cfg.train.stages)
-    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, Worker(rank, world, torch.device("cpu")), STEPS)
+    scratch = train_state.scratch_root(cfg.run.scratch_dir)
+    worker = Worker(rank, world, torch.device("cpu"), train_state.Saver(scratch, rank, world), scratch)
+    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, worker, STEPS)
     marks["built_rss"], marks["build_peak"] = _gib(_status_kib("VmRSS")), _gib(_status_kib("VmHWM"))
     batch = synthetic_batch(model, workload(cfg), seed=rank)
     losses = [float(train_step(engine, [batch]).losses["loss"]) for _ in range(STEPS)]
