@@ -20,8 +20,6 @@ Every fixture stops exactly the processes it started and fails the session if an
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +30,7 @@ from cluster.local.mlflow_server import MlflowServer, mlflow_processes, start_ml
 from cluster.local.mlflow_server import wait_mlflow_server
 from cluster.local.ray_head import RayHead, RayStartError, head_processes, start_ray_head, stop_ray_head, wait_ray_head
 from cluster.local.s3_server import S3Server, s3_processes, start_s3_server, stop_s3_server
+from vlsa.io.environ import patched_environ
 
 __all__ = [
     "MLFLOW_ARTIFACT_BUCKET", "mlflow_server", "mlflow_server_s3", "patched_environ", "ray_head", "s3_server",
@@ -42,23 +41,6 @@ MLFLOW_ARTIFACT_BUCKET = "mlflow-artifacts"
 SERVICES = ("s3_server", "mlflow_server", "mlflow_server_s3", "ray_head")
 # Variables that would send S3 calls elsewhere than the local endpoint, or with real credentials.
 _S3_UNSET = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE")
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str], unset: tuple[str, ...] = ()) -> Iterator[None]:
-    """Set and unset variables of this process, restoring the previous values on exit."""
-    saved = {key: os.environ.get(key) for key in (*values, *unset)}
-    os.environ.update(values)
-    for key in unset:
-        os.environ.pop(key, None)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class ServicePool:

@@ -3,7 +3,6 @@
 #
 #   docker build -f cluster/docker/ray.Dockerfile \
 #     --build-arg RAY_BASE_DIGEST=@sha256:<digest of the base tag> \
-#     --build-arg EFA_INSTALLER_SHA256=<sha256 of the installer tarball> \
 #     -t your-registry.example.com/vlsa-ray:0.1.0 .
 #
 # CUDA: the default Linux wheel of torch==2.13.0 (requirements.txt) is built for CUDA 13.0 and brings its own
@@ -12,12 +11,16 @@
 #
 # EKS GPU nodes provide the EFA kernel driver; the user-space part (libfabric and aws-ofi-nccl, the NCCL
 # plugin for EFA) comes from the EFA installer, without kernel modules. The installer is verified against
-# the SHA-256 passed in before it runs; the build stops without one.
+# its SHA-256 before it runs; the build stops without one and on a mismatch (another EFA_INSTALLER_VERSION
+# needs its own EFA_INSTALLER_SHA256 build argument).
 ARG RAY_BASE_DIGEST=""
 FROM rayproject/ray:2.60.0-py311-cu130${RAY_BASE_DIGEST}
 
 ARG EFA_INSTALLER_VERSION=1.38.0
-ARG EFA_INSTALLER_SHA256
+# SHA-256 of aws-efa-installer-1.38.0.tar.gz as AWS publishes it in the EFA user guide,
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-verify.html (table "checksums for recent versions
+# of EFA"), and as AWS ParallelCluster pins it: https://github.com/aws/aws-parallelcluster-cookbook/pull/2892
+ARG EFA_INSTALLER_SHA256=4f436954f35ad53754b4d005fd8d0be63de3b4184de41a695b504bdce0fecb22
 USER root
 RUN test -n "${EFA_INSTALLER_SHA256}" || { echo "pass --build-arg EFA_INSTALLER_SHA256=..." >&2; exit 1; } \
     && cd /tmp \

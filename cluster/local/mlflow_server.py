@@ -4,9 +4,10 @@ With ``auth=True`` the server runs the basic-auth app; the admin password and th
 generated into files only the owner can read and handed to the server through the environment, so they
 never appear on a command line or in a config file. Once it answers, a non-admin user for jobs
 (``JOB_USER``, as on Kubernetes) is created with its own generated password: jobs get that one, never the
-admin's. The server answers only its own Host names (127.0.0.1 / localhost on its port) and allows no browser
-origin beyond its own, except that MLflow itself always allows localhost origins on any port. Its files
-(sqlite databases included) are created owner-only.
+admin's. The server answers only its own Host names (127.0.0.1 / localhost on its port) and only its own
+browser origins: MLflow itself would also admit localhost origins on any port, so the app runs behind an
+origin gate (:mod:`cluster.local.mlflow_gate`) that refuses every other ``Origin``. Its files (sqlite
+databases included) are created owner-only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from cluster.local.processes import find_processes, free_port, reap, spawn, stop_matching, wait_http
 
-MLFLOW_BIN = str(Path(sys.executable).with_name("mlflow"))
+REPO = Path(__file__).resolve().parents[2]
+GATED_MLFLOW = [sys.executable, "-m", "cluster.local.mlflow_gate"]
+"""``mlflow`` with the origin gate in front of its app (run from the repository, see ``_server_env``)."""
 ADMIN_USER = "admin"
 JOB_USER = "vlsa-jobs"
 
@@ -91,13 +94,19 @@ def _auth_env(root: Path) -> dict[str, str]:
 
 def server_args(root: Path, port: int, artifacts_destination: str, auth: bool) -> list[str]:
     """The ``mlflow server`` command line (no secrets on it)."""
-    args = [MLFLOW_BIN, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    args = [*GATED_MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
     args += ["--artifacts-destination", artifacts_destination, "--host", "127.0.0.1", "--port", str(port)]
     own = [f"127.0.0.1:{port}", f"localhost:{port}"]
     args += ["--workers", "1", "--allowed-hosts", ",".join(own)]
-    # Only the UI's own pages may call the API from a browser (MLflow still adds localhost on any port).
+    # Only the UI's own pages may call the API from a browser (the gate enforces exactly this list).
     args += ["--cors-allowed-origins", ",".join(f"http://{host}" for host in own)]
     return args + (["--app-name", "basic-auth"] if auth else [])
+
+
+def _server_env(env: dict[str, str]) -> dict[str, str]:
+    # The server runs in its own folder: the gate's module is found through PYTHONPATH.
+    path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def start_mlflow_server(
@@ -112,7 +121,7 @@ def start_mlflow_server(
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     artifacts_destination = artifacts_destination or str(root / "artifacts")
     port = free_port()
-    full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    full_env = _server_env({**os.environ, **(env or {})})
     if auth:
         full_env.update(_auth_env(root))
     log_path = root / "server.log"

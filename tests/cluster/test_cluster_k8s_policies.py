@@ -176,9 +176,21 @@ def test_dockerfiles_pin_bases_and_verify_the_installer():
     ray_file = (ROOT / "cluster" / "docker" / "ray.Dockerfile").read_text()
     assert "FROM rayproject/ray:2.60.0-py311-cu130${RAY_BASE_DIGEST}" in ray_file
     assert 'sha256sum --check --strict' in ray_file and 'test -n "${EFA_INSTALLER_SHA256}"' in ray_file
+    # The installer's version and its published SHA-256 are pinned together (a source cited beside them).
+    pins = dict(re.findall(r"^ARG (EFA_INSTALLER_\w+)=(\S+)$", ray_file, re.M))
+    assert pins == {"EFA_INSTALLER_VERSION": "1.38.0",
+                    "EFA_INSTALLER_SHA256": "4f436954f35ad53754b4d005fd8d0be63de3b4184de41a695b504bdce0fecb22"}
+    assert "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-verify.html" in ray_file
     assert 'torch.version.cuda.startswith("13.")' in ray_file
     mlflow_file = (ROOT / "cluster" / "docker" / "mlflow.Dockerfile").read_text()
     assert "FROM python:3.11-slim${PYTHON_BASE_DIGEST}" in mlflow_file
+
+
+def test_the_walkthrough_installs_the_operator_pinned_by_digest():
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    install = re.search(r"helm install kuberay-operator .*?(?=\n\s*```)", readme, re.S)[0]
+    assert "--version 1.7.0" in install and "--set image.repository=quay.io/kuberay/operator" in install
+    assert re.search(r"--set image\.tag=v1\.7\.0@sha256:[0-9a-f]{64}\s", install + "\n"), install
 
 
 def _dockerignored(path: str, patterns: list[str]) -> bool:

@@ -3,6 +3,7 @@ S3 endpoint without the run's key, CORS, file modes, and what a job's environmen
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
@@ -220,15 +221,27 @@ def test_s3_and_mlflow_answer_no_foreign_origin(stack):
     assert _http("GET", api, {"Host": "evil.example"})[0] == 403
 
 
-@pytest.mark.xfail(strict=True, reason="MLflow 3.17 adds every http://localhost:* and 127.0.0.1:* origin to any "
-                   "--cors-allowed-origins list; closing this needs a filter in front of the server")
 def test_mlflow_answers_no_other_local_origin(stack):
     _, state, _ = stack
     mlflow = services(state)[1]
-    other = "http://127.0.0.1:9"  # a page served by any other local process
-    api = f"{mlflow.uri}/api/2.0/mlflow/experiments/search"
-    code, headers, _ = _http("OPTIONS", api, {"Origin": other, "Access-Control-Request-Method": "POST"})
-    assert "access-control-allow-origin" not in headers, (code, headers)
+    password = Path(mlflow.password_file).read_text().strip()
+    auth = {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
+    post = {**auth, "Content-Type": "application/json"}
+    api, body = f"{mlflow.uri}/api/2.0/mlflow/experiments/search", b'{"max_results": 1}'
+    port = mlflow.uri.rsplit(":", 1)[1]
+    # Pages served by any other local process (MLflow alone admits every localhost port), or sandboxed.
+    for other in ("http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9", f"https://localhost:{port}", "null"):
+        code, headers, _ = _http("OPTIONS", api, {"Origin": other, "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in headers, (other, code, headers)
+        assert _http("POST", api, {**post, "Origin": other}, body)[0] == 403, other
+        assert _http("GET", f"{mlflow.uri}/", {**auth, "Origin": other})[0] == 403, other
+    # The UI's own pages and clients that send no Origin keep working, with the password only.
+    for own in (mlflow.uri, mlflow.uri.replace("127.0.0.1", "localhost")):
+        assert _http("POST", api, {**post, "Origin": own}, body)[0] == 200, own
+    assert _http("POST", api, post, body)[0] == 200
+    assert _http("POST", api, {"Content-Type": "application/json", "Origin": mlflow.uri}, body)[0] == 401
+    code, _, page = _http("GET", f"{mlflow.uri}/", auth)
+    assert code == 200 and b"<html" in page.lower(), code
 
 
 # ---- 3. private state, and jobs without the admin password ----

@@ -4,32 +4,16 @@ drivers are real ``python ray_jobs/train.py`` processes on a ``ray start --head`
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from train_helpers import small_overrides, stage_run
+from train_helpers import driver_summary, launch_driver, small_overrides, stage_run
 
 from vlsa.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _driver(ray_head, overrides: list[str], log: Path) -> subprocess.Popen:
-    env = {**ray_head.client_env(), "RAY_ADDRESS": ray_head.address, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "ray_jobs/train.py", "--config", "tiny", *overrides], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _finish(process: subprocess.Popen, log: Path) -> dict:
-    assert process.wait(timeout=900) == 0, log.read_text()[-4000:]
-    return json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith('{"final')))
 
 
 def _steps(run: Path) -> list[tuple[int, int, bool]]:
@@ -47,7 +31,7 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
     run = tmp_path / "runs" / "rerun"
     log = tmp_path / "driver.log"
 
-    first = _driver(ray_head, overrides, log)
+    first = launch_driver(ray_head, overrides, log)
     deadline = time.monotonic() + 900
     while (0, 2, False) not in _steps(run) or (run / ckpt.checkpoint_name(0, "stage1", 1)).exists():
         assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
@@ -56,7 +40,7 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
     first.wait()
     assert _steps(run)[-1] < (1, 3, True), "the first driver finished before it was killed"
 
-    summary = _finish(_driver(ray_head, overrides, log), log)
+    summary = driver_summary(launch_driver(ray_head, overrides, log), log)
     text = log.read_text()
     assert "CheckpointManagerInitializationError" not in text and "resumed at step" in text
     # keep_checkpoints=1 per stage: this driver pruned Stage II's step 1, which it had saved itself
@@ -67,7 +51,7 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
     assert parent.info.status == "FINISHED" and parent.data.tags["final_checkpoint"] == summary["final_checkpoint"]
 
     log.write_text("")
-    again = _finish(_driver(ray_head, overrides, log), log)
+    again = driver_summary(launch_driver(ray_head, overrides, log), log)
     assert f"every stage of run {run} is already complete" in log.read_text()
     assert again == summary and client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
     assert stage_run(tracking, summary["mlflow_run_id"], "stage2").info.status == "FINISHED"

@@ -1,24 +1,35 @@
-"""Small training configs and MLflow readers shared by the training tests."""
+"""Small training configs, job drivers and MLflow readers shared by the training tests."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import vlsa
 from vlsa.config import Config
 
 
-def small_overrides(demo, cache_dir: str, *, workers: int, labels: str, steps: int = 3) -> list[str]:
+def small_overrides(demo, cache_dir: str, *, workers: int, labels: str, steps: int = 3,
+                    stage2_only: bool = False) -> list[str]:
     """Both tiny stages on the four-image demo set: ``steps`` steps each, a checkpoint after every step;
-    ``labels``: the labeling job's output for the instruction file (Stage II inserts SSFT turns)."""
+    ``labels``: the labeling job's output for the instruction file (Stage II inserts SSFT turns).
+    ``stage2_only``: the tiny preset's Stage II as the run's only stage (from the tiny models, no Stage I)."""
     overrides = [f"model.cache_dir={cache_dir}", f"run.num_workers={workers}", "run.max_failures=2",
                  "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.loader_workers=0"]
-    for i in (0, 1):
+    if stage2_only:
+        stage2 = vlsa.load_config("tiny").to_dict()["train"]["stages"][1]
+        overrides.insert(0, "train.stages=" + json.dumps([stage2]))  # first: the overrides below index into it
+    data = {0: demo.instruct} if stage2_only else {0: demo.pretrain, 1: demo.instruct}
+    for i, train in data.items():
         overrides += [f"train.stages.{i}.data.image_root={demo.image_root}", f"train.stages.{i}.max_steps={steps}",
-                      f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2"]
-    overrides += [f"train.stages.1.data.labels={labels}"] if labels else []
-    overrides += [f"train.stages.0.data.train={demo.pretrain}", f"train.stages.1.data.train={demo.instruct}",
-                  "train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
+                      f"train.stages.{i}.global_batch=4", f"train.stages.{i}.micro_batch=2",
+                      f"train.stages.{i}.data.train={train}"]
+    instruct = max(data)
+    overrides += [f"train.stages.{instruct}.data.labels={labels}"] if labels else []
+    if not stage2_only:
+        overrides += ["train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
     return overrides
 
 
@@ -27,6 +38,24 @@ def small_config(demo, cache_dir: str, root: Path, name: str, tracking_uri: str,
     overrides = small_overrides(demo, cache_dir, workers=workers, labels=labels, steps=steps)
     overrides += [f"run.storage_path={root}", f"run.name={name}", f"run.mlflow.tracking_uri={tracking_uri}", *extra]
     return vlsa.load_config("tiny", overrides)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def launch_driver(head, overrides: list[str], log: Path) -> subprocess.Popen:
+    """``python ray_jobs/train.py --config tiny <overrides>`` as a driver of the Ray cluster of ``head``
+    (a :class:`cluster.local.RayHead`), its output appended to ``log``."""
+    env = {**head.client_env(), "RAY_ADDRESS": head.address, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "ray_jobs/train.py", "--config", "tiny", *overrides], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def driver_summary(process: subprocess.Popen, log: Path, timeout: float = 900) -> dict:
+    """The summary line a driver prints last, once it exits with 0 (else the log tail in the failure)."""
+    assert process.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    return json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith('{"final')))
 
 
 def stage_run(tracking_uri: str, parent_run_id: str, stage: str):

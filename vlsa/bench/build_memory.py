@@ -27,9 +27,11 @@ from vlsa.bench.device import describe
 from vlsa.bench.report import Report, table
 from vlsa.bench.variants import bench_stage, workload
 from vlsa.config import Config, config_from_dict
+from vlsa.io.environ import patched_environ
 from vlsa.model import weights
 from vlsa.model.builder import build_model
 from vlsa.model.params import apply_stage
+from vlsa.train import state as train_state
 from vlsa.train.checkpoint import WEIGHTS
 from vlsa.train.loop import Worker, build_engine
 from vlsa.train.step import train_step
@@ -118,7 +120,9 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, checkpoint: str, o
 def _build_and_step(cfg: Config, rank: int, world: int, checkpoint: str) -> dict:
     marks = {"start": _gib(_status_kib("VmRSS"))}
     stage_index = cfg.bench.stage % len(cfg.train.stages)
-    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, Worker(rank, world, torch.device("cpu")), STEPS)
+    scratch = train_state.scratch_root(cfg.run.scratch_dir)
+    worker = Worker(rank, world, torch.device("cpu"), train_state.Saver(scratch, rank, world), scratch)
+    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, worker, STEPS)
     marks["built_rss"], marks["build_peak"] = _gib(_status_kib("VmRSS")), _gib(_status_kib("VmHWM"))
     batch = synthetic_batch(model, workload(cfg), seed=rank)
     losses = [float(train_step(engine, [batch]).losses["loss"]) for _ in range(STEPS)]
@@ -132,16 +136,8 @@ def _spawn(fn, args: tuple, nprocs: int) -> None:
     """Run ``fn`` in ``nprocs`` new processes started with ``ALLOCATOR`` in their environment."""
     import torch.multiprocessing as mp
 
-    saved = {k: os.environ.get(k) for k in ALLOCATOR}
-    os.environ.update(ALLOCATOR)  # read by glibc when each new process starts
-    try:
+    with patched_environ(ALLOCATOR):  # read by glibc when each new process starts
         mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------------------ run

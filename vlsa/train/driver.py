@@ -15,7 +15,6 @@ regions and offline flags are forwarded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shlex
@@ -26,6 +25,7 @@ from typing import Callable
 
 from vlsa.config import Config, ConfigError, check_batches
 from vlsa.io import storage, tracking
+from vlsa.io.environ import patched_environ
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.loop import JobInfo, make_plan, train_worker
 from vlsa.train.prepare import prepare_stages
@@ -171,23 +171,10 @@ def _startup_timeout(error: BaseException) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _start_timeout(seconds: float):
-    saved = os.environ.get(START_TIMEOUT_ENV)
-    os.environ[START_TIMEOUT_ENV] = f"{seconds:g}"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(START_TIMEOUT_ENV, None)
-        else:
-            os.environ[START_TIMEOUT_ENV] = saved
-
-
 def fit(cfg: Config, job, train_fn: Callable | None) -> None:
     """Run the trainer; a start that found no resources in time becomes :class:`ResourcesUnavailableError`."""
     try:
-        with _start_timeout(cfg.run.start_timeout_s):
+        with patched_environ({START_TIMEOUT_ENV: f"{cfg.run.start_timeout_s:g}"}):  # read when the group starts
             build_trainer(cfg, job, train_fn).fit()
     except Exception as error:
         if not _startup_timeout(error):
