@@ -31,6 +31,7 @@ from vlsa.model import weights
 from vlsa.model.builder import build_model
 from vlsa.model.params import apply_stage
 from vlsa.train.checkpoint import WEIGHTS
+from vlsa.train import state as train_state
 from vlsa.train.loop import Worker, build_engine
 from vlsa.train.step import train_step
 
@@ -115,10 +116,16 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, checkpoint: str, o
         dist.destroy_process_group()
 
 
+def bench_worker(rank: int, world: int, checkpoint: str) -> Worker:
+    """The trainer's ``Worker`` of ``rank`` on CPU (its saver's scratch beside the stage-start weights: nothing is saved)."""
+    scratch = Path(checkpoint).parent
+    return Worker(rank, world, torch.device("cpu"), train_state.Saver(scratch, rank, world), scratch)
+
+
 def _build_and_step(cfg: Config, rank: int, world: int, checkpoint: str) -> dict:
     marks = {"start": _gib(_status_kib("VmRSS"))}
     stage_index = cfg.bench.stage % len(cfg.train.stages)
-    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, Worker(rank, world, torch.device("cpu")), STEPS)
+    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, bench_worker(rank, world, checkpoint), STEPS)
     marks["built_rss"], marks["build_peak"] = _gib(_status_kib("VmRSS")), _gib(_status_kib("VmHWM"))
     batch = synthetic_batch(model, workload(cfg), seed=rank)
     losses = [float(train_step(engine, [batch]).losses["loss"]) for _ in range(STEPS)]
