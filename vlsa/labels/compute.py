@@ -81,7 +81,7 @@ def prepare(image: Image.Image, geometry: LabelGeometry) -> PreparedImage:
     )
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -133,6 +133,9 @@ class LabelComputer:
     def vq_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [-1, 1] -> (B, 4, q, q) codebook indices per quarter."""
         latents = self.vq.encode(x.to(self.device, self.vq_dtype)).latents  # (B, D, S/f, S/f), after quant_conv
+        if not torch.isfinite(latents).all():  # fp16's range is narrow: an overflow would give arbitrary codes
+            raise FloatingPointError(f"the VQ-VAE encoder overflowed in {self.vq_dtype} (non-finite latents); "
+                                     f"label with label.vq_precision=fp32 or bf16")
         return split_quarters(nearest_codes(latents, self.codebook)).cpu()
 
     @torch.no_grad()
