@@ -456,6 +456,9 @@ class TrainConfig:
     """ZeRO-3: a gathered parameter stays gathered when used again within this many values (stage3_max_reuse_distance)."""
     zero3_prefetch_values: int = 50_000_000
     """ZeRO-3: parameter values gathered ahead of their use, on top of those in use (stage3_prefetch_bucket_size)."""
+    zero3_reduce_bucket_values: int = 500_000_000
+    """ZeRO-3: gradient values collected before each reduce-scatter (DeepSpeed's reduce_bucket_size; its buffer is
+    allocated at this size)."""
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -467,6 +470,7 @@ class TrainConfig:
         _check_positive("train.max_consecutive_skips", self.max_consecutive_skips)
         _check_positive("train.keep_checkpoints", self.keep_checkpoints)
         _check_positive("train.zero3_live_parameters", self.zero3_live_parameters)
+        _check_positive("train.zero3_reduce_bucket_values", self.zero3_reduce_bucket_values)
         if self.zero3_prefetch_values < 0:
             raise ConfigError(f"train.zero3_prefetch_values must be >= 0, got {self.zero3_prefetch_values}")
         if self.zero3_reuse_distance < 0:
