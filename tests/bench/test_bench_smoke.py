@@ -194,6 +194,8 @@ def test_build_memory(capsys, cache_dir):
         for w in ranks:
             assert w["partitioned"] and all(positive(v) for v in w["gib"].values())
             assert w["gib"]["start"] <= w["gib"]["build_peak"] <= w["gib"]["peak"]
+            assert {"build", "forward_0", "backward_0", "after_0", "forward_1"} <= set(w["phase_peaks_gib"])
+            assert max(w["phase_peaks_gib"].values()) <= w["gib"]["peak"] + 0.01  # sampled peaks within the true one
     one, two = r["workers"]["1"][0], r["workers"]["2"]
     assert one["held_parameters"] >= r["parameters"] and one["held_parameters"] / 2 <= two[0]["held_parameters"]
     assert sum(w["held_parameters"] for w in two) < 1.01 * one["held_parameters"]  # split, not copied

@@ -6,10 +6,13 @@ import re
 
 import numpy as np
 
+from vlsa.config import DecodeConfig
+from vlsa.data.assemble import load_image
 from vlsa.data.ssft import QUARTERS
+from vlsa.model.encoding import lowres_rgb
 
 
-def label_row(seed: int, vq_side: int = 4, pixels_side: int = 32, codes: int = 64, latent=(16, 4, 4)) -> dict:
+def label_row(seed: int, vq_side: int = 4, codes: int = 64, latent=(16, 4, 4)) -> dict:
     """A label row in the labeling job's layout with random content."""
     rng = np.random.default_rng(seed)
     return {
@@ -17,11 +20,19 @@ def label_row(seed: int, vq_side: int = 4, pixels_side: int = 32, codes: int = 6
         "height": 30,
         "vq_indices": rng.integers(0, codes, (4, vq_side * vq_side)).tolist(),
         "vq_side": vq_side,
-        "pixels": rng.integers(0, 256, (pixels_side, pixels_side, 3), dtype=np.uint8).tobytes(),
-        "pixels_side": pixels_side,
         "latent": rng.standard_normal(latent).astype(np.float32).tobytes(),
         "latent_shape": list(latent),
     }
+
+
+def x_lo(seed: int, side: int = 32) -> np.ndarray:
+    """A random (side, side, 3) uint8 X_Lo: what pixel targets are read from."""
+    return np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+def x_lo_of(image_root: str, record, side: int = 32) -> np.ndarray:
+    """X_Lo of a record's first image as the assembly decodes it (the pixel targets' source)."""
+    return lowres_rgb(load_image(image_root, record.images[0], DecodeConfig()), side)
 
 
 def resolution(question: str) -> tuple[int, int, int]:
@@ -52,10 +63,9 @@ def expected_vq(question: str, row: dict) -> list[int]:
     return full[r : r + side, c : c + side].ravel().tolist()
 
 
-def expected_px(question: str, row: dict) -> list[list[int]]:
-    """The RGB values the question asks for, read from X_Lo by the quarter and grid it states."""
-    h = row["pixels_side"]
-    rgb = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(h, -1, 3)
+def expected_px(question: str, rgb: np.ndarray) -> list[list[int]]:
+    """The RGB values the question asks for, read from X_Lo (h, w, 3) by the quarter and grid it states."""
+    h = rgb.shape[0]
     assert resolution(question) == (3, h, rgb.shape[1])
     q = quarter_index(question)
     qh, qw = h // 2, rgb.shape[1] // 2

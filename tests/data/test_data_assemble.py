@@ -8,12 +8,14 @@ import re
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
-from data_helpers import expected_px, expected_vq, parse_px, parse_vq
+from data_helpers import expected_px, expected_vq, parse_px, parse_vq, x_lo_of
 
-from vlsa.config import SSFTConfig
-from vlsa.data.assemble import SampleBuilder, geometry_from_config, load_image
+from vlsa.config import DecodeConfig, SSFTConfig
+from vlsa.data.assemble import SampleBuilder, geometry_from_config, load_image, pixel_targets
 from vlsa.data.collate import Collator
 from vlsa.data.dataset import build_dataset
 from vlsa.io.records import Record, Turn, load_records
@@ -126,18 +128,46 @@ def test_labels_from_the_labeling_output(tiny_cfg, tokenizer, demo, tmp_path):
         row = store[record.id]
         latent = np.frombuffer(row["latent"], np.float32).reshape(row["latent_shape"])
         assert np.array_equal(batch["recon_latent"][i].numpy(), latent)
-        _check_ssft_answers(batch["input_ids"][i], tokenizer, row)
+        _check_ssft_answers(batch["input_ids"][i], tokenizer, row, x_lo_of(str(root), record))
     assert sum(len(kinds) for kinds in batch["ssft"]) >= 6
 
 
-def _check_ssft_answers(ids: torch.Tensor, tokenizer, row: dict) -> None:
+def _as_schema_version_1(output: Path, image_root: str, side: int = 32) -> None:
+    """Rewrite a labeling output as label schema version 1 wrote it: pixel targets stored in every row."""
+    for shard in sorted((output / "labels").glob("*.parquet")):
+        table = pq.read_table(shard)
+        pixels = [pixel_targets(load_image(image_root, rel, DecodeConfig()), side).tobytes()
+                  for rel in table.column("image").to_pylist()]
+        table = table.append_column("pixels", pa.array(pixels, pa.binary()))
+        pq.write_table(table.append_column("pixels_side", pa.array([side] * len(pixels), pa.int32())), shard)
+    manifest = json.loads((output / "manifest.json").read_text())
+    manifest["identity"]["schema_version"] = manifest["schema_version"] = 1
+    (output / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_labels_of_schema_version_1_are_read_without_their_pixel_column(tiny_cfg, tokenizer, demo, tmp_path):
+    rows = json.loads(open(demo.instruct).read())[:4]
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    _label_output(tiny_cfg, str(tmp_path / "train.json"), demo.image_root, str(tmp_path / "labels"))
+    _as_schema_version_1(tmp_path / "labels", demo.image_root)
+    data = _data(tiny_cfg, str(tmp_path / "train.json"), demo.image_root, p=1.0, labels=str(tmp_path / "labels"))
+    dataset = build_dataset(tiny_cfg, data, tokenizer)
+    store = dataset.builder.labels
+    assert dataset.stats.accepted == 4 and not dataset.builder.identity_problems
+    for i, record in enumerate(dataset.records):
+        row = store[record.id]
+        assert "pixels" not in row and "pixels_side" not in row  # the stored targets are never read
+        _check_ssft_answers(dataset[i]["input_ids"], tokenizer, row, x_lo_of(demo.image_root, record))
+
+
+def _check_ssft_answers(ids: torch.Tensor, tokenizer, row: dict, rgb: np.ndarray) -> None:
     text = tokenizer.decode(ids.tolist(), skip_special_tokens=False)
     pattern = r"USER: ((?:(?!USER: ).)*?) ASSISTANT: (<vq start>.*?<vq end>|<rgb start>.*?<rgb end>)"
     for question, answer in re.findall(pattern, text, re.S):
         if answer.startswith("<vq"):
             assert parse_vq(answer) == expected_vq(question, row)
         else:
-            assert parse_px(answer) == expected_px(question, row)
+            assert parse_px(answer) == expected_px(question, rgb)
 
 
 def test_in_process_labels_match_the_label_computer(tiny_cfg, tokenizer, demo, tmp_path, computer):
@@ -151,7 +181,7 @@ def test_in_process_labels_match_the_label_computer(tiny_cfg, tokenizer, demo, t
         assert dataset.builder.labels[record.id]["vq_indices"] == direct["vq_indices"]
         sample = dataset[i]
         assert sample["ssft"], record.id
-        _check_ssft_answers(sample["input_ids"], tokenizer, direct)
+        _check_ssft_answers(sample["input_ids"], tokenizer, direct, x_lo_of(demo.image_root, record))
 
 
 def test_a_record_failing_mid_epoch_is_replaced_and_reported(tiny_cfg, tokenizer, demo, tmp_path):

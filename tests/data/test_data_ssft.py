@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from data_helpers import expected_px, expected_vq, label_row, parse_px, parse_vq, resolution, stated_count
+from data_helpers import (expected_px, expected_vq, label_row, parse_px, parse_vq, resolution, stated_count, x_lo,
+                          x_lo_of)
 
 from vlsa.config import SSFTConfig
 from vlsa.data import ssft
@@ -46,7 +47,7 @@ def test_the_paper_instruction_lists_are_kept_verbatim():
 
 
 def test_the_appendix_example_is_reproduced_for_a_672_quarter():
-    row = label_row(0, vq_side=42, pixels_side=8, codes=4096)
+    row = label_row(0, vq_side=42, codes=4096)
     d = ssft.Draw("vq", ssft.instructions()["vq"].index(TAB6_VQ), 0, 0.0, 0.0, 0.5)
     target = ssft.vq_target(d, row, vq_image_size=672, budget=100_000, count_tokens=lambda t: t.count(",") + 3)
     assert target.question == (
@@ -77,12 +78,12 @@ def test_vq_answer_holds_the_stated_indices_of_the_stated_region(tokenizer, budg
 def test_pixel_answer_holds_the_stated_pixels_of_the_stated_quarter(tokenizer, budget):
     count = count_tokens(tokenizer)
     for seed in range(12):
-        row = label_row(seed, pixels_side=16)
+        rgb = x_lo(seed, 16)
         d = ssft.draw(SSFTConfig(p_px=1.0), seed, 1, f"s{seed}")[0]
-        target = ssft.px_target(d, row, budget=budget, count_tokens=count)
+        target = ssft.px_target(d, rgb, budget=budget, count_tokens=count)
         assert count(target.answer) <= budget
         values = parse_px(target.answer)
-        assert values == expected_px(target.question, row)
+        assert values == expected_px(target.question, rgb)
         assert stated_count(target.question) in (None, len(values))  # the full quarter is named by its region
         if not target.reduced:
             assert len(values) == 64 and "Note that the image resolution is [3, 16, 16]." in target.question
@@ -162,7 +163,7 @@ def test_assembled_samples_never_pass_max_length_and_targets_are_whole(tiny_cfg,
                 assert parse_vq(answer) == expected_vq(question, row)
                 assert len(parse_vq(answer)) == stated_count(question)
             else:
-                assert parse_px(answer) == expected_px(question, row)
+                assert parse_px(answer) == expected_px(question, x_lo_of(demo.image_root, record))
         labels_t = sample["labels"]
         assert (labels_t[sample["ssft_mask"]] != IGNORE_INDEX).all()
     assert inserted >= 10  # p = 1: every sample gets at least one turn that fits
@@ -198,15 +199,15 @@ def test_paper_presets_give_every_image_sample_both_tasks_and_the_whole_quarter(
 
 
 def test_coverage_is_the_fraction_of_the_quarter_answered():
-    row = label_row(0, vq_side=42, pixels_side=8, codes=4096)
+    row, rgb = label_row(0, vq_side=42, codes=4096), x_lo(0, 8)
     d = ssft.Draw("vq", 0, 2, 0.3, 0.6, 0.5)
     tokens = lambda t: t.count(",") + 3  # noqa: E731
     assert ssft.vq_target(d, row, vq_image_size=672, budget=100_000, count_tokens=tokens).coverage == 1.0
     block = ssft.vq_target(d, row, vq_image_size=672, budget=500, count_tokens=tokens)
     assert block.reduced and block.coverage == pytest.approx(len(block.values) / 1764)
-    px = ssft.px_target(ssft.Draw("px", 0, 1, 0.0, 0.0, 0.5), row, budget=10_000, count_tokens=tokens)
+    px = ssft.px_target(ssft.Draw("px", 0, 1, 0.0, 0.0, 0.5), rgb, budget=10_000, count_tokens=tokens)
     assert px.coverage == 1.0
-    strided = ssft.px_target(ssft.Draw("px", 0, 1, 0.0, 0.0, 0.5), row, budget=8, count_tokens=tokens)
+    strided = ssft.px_target(ssft.Draw("px", 0, 1, 0.0, 0.0, 0.5), rgb, budget=8, count_tokens=tokens)
     assert strided.coverage == pytest.approx(len(strided.values) / 16)
     meter = ssft.CoverageMeter()
     meter.update([{"vq": 1.0, "px": 0.25}, {"vq": 0.0}, {}])

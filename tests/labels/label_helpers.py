@@ -17,7 +17,7 @@ import vlsa
 from vlsa.config import DecodeConfig
 from vlsa.io.image import ImageRejected, decode_image
 from vlsa.labels.compute import LabelGeometry
-from vlsa.model.encoding import lowres_rgb, recon_pixels
+from vlsa.model.encoding import recon_pixels
 
 TURNS = [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A pattern."}]
 
@@ -147,7 +147,6 @@ def reference_row(cfg: vlsa.Config, vq, vae, image: Image.Image) -> dict:
     return {
         "vq": torch.stack(quarters).numpy(),  # (4, q, q)
         "vq_latents": latents[0],  # (D, H, W), for tie checks
-        "pixels": lowres_rgb(image, side),
         "latent": ((z - shift) * vae.config.scaling_factor).numpy(),
         "width": image.width,
         "height": image.height,

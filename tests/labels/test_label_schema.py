@@ -46,8 +46,19 @@ def test_manifest_check_refuses_other_models_and_sides(label_cfg, cache_dir, ove
 def test_manifest_check_refuses_another_schema_version(label_cfg):
     manifest = _manifest(label_cfg)
     manifest["identity"]["schema_version"] = SCHEMA_VERSION + 1
-    expected = f"schema version {SCHEMA_VERSION + 1}, this code reads version {SCHEMA_VERSION}"
+    expected = (rf"schema version {SCHEMA_VERSION + 1}, this code reads versions \[1, 2\]; make them again with "
+                r"python ray_jobs/label.py --data D --image-root R --output NEW --config C")
     with pytest.raises(LabelsMismatch, match=expected):
+        check_manifest(manifest, label_cfg, "out/")
+
+
+def test_labels_of_schema_version_1_stay_readable(label_cfg):
+    """Version 1 stored the pixel targets too; its other columns and identity are this version's."""
+    manifest = _manifest(label_cfg)
+    manifest["identity"]["schema_version"] = 1
+    check_manifest(manifest, label_cfg, "out/")
+    manifest["identity"]["vq_image_size"] = 64
+    with pytest.raises(LabelsMismatch, match="vq_image_size: labels have 64"):
         check_manifest(manifest, label_cfg, "out/")
 
 

@@ -67,7 +67,7 @@ def test_random_lookups_read_at_most_twice_the_row_size(s3_labels, label_cfg, tm
     for rid in order:
         assert store[rid]["id"] == rid
     stats = store.read_stats()
-    assert stats["rows_read"] == len(ids) and store.row_bytes > 1000  # real rows: pixels and latents
+    assert stats["rows_read"] == len(ids) and store.row_bytes > 1000  # real rows: VQ indices and latents
     print("node copy:", stats)
     assert stats["bytes_per_row"] <= 2 * store.row_bytes, stats
     # every shard came down once: the downloads are the shard objects themselves

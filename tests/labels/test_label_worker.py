@@ -28,13 +28,13 @@ def test_decode_shard_keeps_good_images_and_rejects_each_bad_one(tmp_path, label
     assert [i.id for i in decoded.items] == [i.id for i in items if verdicts[i.id] is None]
     assert {i.id: reason for i, reason, _ in decoded.rejects} == {k: v for k, v in verdicts.items() if v}
     assert all(detail for _, _, detail in decoded.rejects)  # every reject says why
-    assert all(p.vq_rgb.shape == (32, 32, 3) and p.pixels.dtype == np.uint8 for p in decoded.prepared)
+    assert all(p.vq_rgb.shape == (32, 32, 3) and p.vae_rgb.dtype == np.uint8 for p in decoded.prepared)
 
     back = unpack(pack(decoded, geometry))
     assert (back.shard, back.items, back.rejects) == (3, decoded.items, decoded.rejects)
     for a, b in zip(back.prepared, decoded.prepared):
         assert (a.width, a.height) == (b.width, b.height)
-        assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("vq_rgb", "vae_rgb", "pixels"))
+        assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("vq_rgb", "vae_rgb"))
 
 
 def test_an_all_rejected_shard_packs_to_empty_arrays(label_cfg):

@@ -33,10 +33,13 @@ def test_stage2_is_zero3_with_full_weights_saved_and_accumulation_from_global_ba
     ds = deepspeed_config(cfg, cfg.train.stages[1], 1, "cpu")
     assert ds["zero_optimization"] == {"stage": 3, "contiguous_gradients": True, "overlap_comm": False,
                                        "stage3_gather_16bit_weights_on_model_save": True,
-                                       "stage3_max_live_parameters": 10**9, "stage3_max_reuse_distance": 10**9}
-    small = vlsa.load_config("tiny", [*BATCH, "train.zero3_live_parameters=1000", "train.zero3_reuse_distance=0"])
+                                       "stage3_max_live_parameters": 10**9, "stage3_max_reuse_distance": 10**9,
+                                       "stage3_prefetch_bucket_size": 5 * 10**7, "reduce_bucket_size": 5 * 10**8}
+    small = vlsa.load_config("tiny", [*BATCH, "train.zero3_live_parameters=1000", "train.zero3_reuse_distance=0",
+                                      "train.zero3_prefetch_values=0", "train.zero3_reduce_bucket_values=2000"])
     zero = deepspeed_config(small, small.train.stages[1], 1, "cpu")["zero_optimization"]
     assert zero["stage3_max_live_parameters"] == 1000 and zero["stage3_max_reuse_distance"] == 0
+    assert zero["stage3_prefetch_bucket_size"] == 0 and zero["reduce_bucket_size"] == 2000
     assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.5
 
 

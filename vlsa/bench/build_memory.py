@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -117,19 +118,73 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, checkpoint: str, o
         dist.destroy_process_group()
 
 
+def bench_worker(rank: int, world: int, checkpoint: str) -> Worker:
+    """The trainer's ``Worker`` of ``rank`` on CPU (its saver's scratch beside the stage-start weights: nothing is saved)."""
+    scratch = Path(checkpoint).parent
+    return Worker(rank, world, torch.device("cpu"), train_state.Saver(scratch, rank, world), scratch)
+
+
+class PhasePeaks:
+    """Peak resident memory per phase, sampled every ``PERIOD_S`` by a thread: where a step's peak comes from.
+
+    Phases of step k: ``forward_k`` (the model's forward pass), ``backward_k`` (from its end through the
+    optimizer step) and ``after_k`` (until the next one starts).
+    """
+
+    PERIOD_S = 0.02
+
+    def __init__(self) -> None:
+        self.phase, self.peaks, self._stop = "build", {}, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._record()
+            self._stop.wait(self.PERIOD_S)
+
+    def _record(self) -> None:
+        rss, phase = _gib(_status_kib("VmRSS")), self.phase
+        self.peaks[phase] = max(self.peaks.get(phase, 0.0), rss)
+
+    def mark(self, phase: str) -> None:
+        """End the current phase and start ``phase`` (each sampled at least at its start and end)."""
+        self._record()
+        self.phase = phase
+        self._record()
+
+    def watch(self, model, step: list[int]) -> None:
+        """Mark the forward pass of ``model`` (``step[0]``: the current step) and what follows it."""
+        model.register_forward_pre_hook(lambda *_: self.mark(f"forward_{step[0]}"))
+        model.register_forward_hook(lambda *_: self.mark(f"backward_{step[0]}"))
+
+    def stop(self) -> dict[str, float]:
+        self._record()
+        self._stop.set()
+        self._thread.join()
+        return {phase: round(gib, 3) for phase, gib in self.peaks.items()}
+
+
 def _build_and_step(cfg: Config, rank: int, world: int, checkpoint: str) -> dict:
     marks = {"start": _gib(_status_kib("VmRSS"))}
+    phases = PhasePeaks()
     stage_index = cfg.bench.stage % len(cfg.train.stages)
-    scratch = train_state.scratch_root(cfg.run.scratch_dir)
-    worker = Worker(rank, world, torch.device("cpu"), train_state.Saver(scratch, rank, world), scratch)
-    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, worker, STEPS)
+    engine, model, _, _ = build_engine(cfg, stage_index, checkpoint, bench_worker(rank, world, checkpoint), STEPS)
     marks["built_rss"], marks["build_peak"] = _gib(_status_kib("VmRSS")), _gib(_status_kib("VmHWM"))
     batch = synthetic_batch(model, workload(cfg), seed=rank)
-    losses = [float(train_step(engine, [batch]).losses["loss"]) for _ in range(STEPS)]
+    step = [0]
+    phases.watch(model, step)
+    losses = []
+    for step[0] in range(STEPS):
+        losses.append(float(train_step(engine, [batch]).losses["loss"]))
+        phases.mark(f"after_{step[0]}")
     marks["stepped_rss"], marks["peak"] = _gib(_status_kib("VmRSS")), _gib(_status_kib("VmHWM"))
     partitioned = all(hasattr(p, "ds_tensor") for p in model.parameters())
-    return {"rank": rank, "gib": marks, "losses": losses, "partitioned": partitioned,
-            "held_parameters": sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))}
+    gathered = sum(p.numel() for p in model.parameters() if getattr(p, "ds_status", None) is not None
+                   and p.ds_status.name != "NOT_AVAILABLE")
+    return {"rank": rank, "gib": marks, "losses": losses, "partitioned": partitioned, "phase_peaks_gib": phases.stop(),
+            "held_parameters": sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor")),
+            "gathered_after_steps": gathered}
 
 
 def _spawn(fn, args: tuple, nprocs: int) -> None:
@@ -193,6 +248,10 @@ def _lines(m: dict) -> list[str]:
              f"{m['trainable_parameters']:,} trainable in the stage", ""]
     lines += table(["workers", "rank", "RSS at start", "peak to built engine", "RSS built", "peak after steps",
                     "parameter values held"], rows)
+    lines += ["", "peak resident memory by phase (GiB; forward_k: step k's forward pass, backward_k: from its end through "
+                  "the optimizer step, after_k: until the next step):"]
+    lines += [f"  {world} workers, rank {r['rank']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_peaks_gib"].items())
+              for world, ranks in m["workers"].items() for r in ranks]
     lines += ["", f"peak per worker: 1 worker {m['peak_gib_1_worker']:.3f} GiB, 2 workers (the larger) "
                   f"{m['peak_gib_2_workers']:.3f} GiB: ratio {m['ratio']:.3f} (goal <= {m['goal']})",
               f"stage-start weights written by a plain build in a separate process (peak {m['prepare_peak_gib']:.3f} GiB)",

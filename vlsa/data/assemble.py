@@ -25,7 +25,7 @@ from vlsa.io.image import ImageRejected, decode_image
 from vlsa.io.records import Record, RecordRejected, Turn, read_image_bytes
 from vlsa.labels.schema import LabelsMismatch, identity_differences
 from vlsa.labels.shards import label_key
-from vlsa.model.encoding import recon_pixels
+from vlsa.model.encoding import lowres_rgb, recon_pixels
 from vlsa.model.geometry import config_num_patches, config_token_count, image_token_count, most_visual_tokens
 from vlsa.model.geometry import vision_input_side
 from vlsa.model.views import make_encoder
@@ -146,11 +146,13 @@ class SampleBuilder:
 
     # ------------------------------------------------------------------------------------- ssft
 
-    def augment(self, record: Record, turns: list[Turn], encoded: Encoded, visual: int, rows: list, epoch: int):
+    def augment(self, record: Record, turns: list[Turn], encoded: Encoded, visual: int, rows: list, epoch: int,
+                images: list):
         """Insert the drawn SSFT turns that fit; returns (turns, encoded, kinds inserted, coverage by kind).
 
         Coverage is the fraction of the drawn quarter's values the inserted answer gives (0 when the
-        target did not fit at all)."""
+        target did not fit at all). VQ answers come from the label row, pixel answers from X_Lo of
+        the decoded image (``images``)."""
         draws = ssft_mod.draw(self.ssft, self.seed, epoch, record.id)
         if not draws or len(record.images) != 1 or rows[0] is None:
             return turns, encoded, [], {}
@@ -159,7 +161,7 @@ class SampleBuilder:
             budget = self.ssft.budget(d.kind)
             coverage[d.kind] = 0.0
             for _ in range(SSFT_ATTEMPTS):  # shrink the target until the whole sequence fits
-                target = self._target(d, rows[0], budget)
+                target = self._target(d, rows[0], images[0], budget)
                 if target is None:
                     break
                 new_turns = ssft_mod.insert(turns, target, d.u_position)
@@ -176,13 +178,14 @@ class SampleBuilder:
                 budget = self.count_tokens(target.answer) - excess
         return turns, encoded, kinds, coverage
 
-    def _target(self, d: ssft_mod.Draw, row: dict, budget: int) -> ssft_mod.Target | None:
+    def _target(self, d: ssft_mod.Draw, row: dict, image, budget: int) -> ssft_mod.Target | None:
         if d.kind == "vq":
             return ssft_mod.vq_target(
                 d, row, vq_image_size=self.geometry.vq_image_size, budget=budget,
                 count_tokens=self.count_tokens, encoding=self.ssft.vq_encoding,
             )
-        return ssft_mod.px_target(d, row, budget=budget, count_tokens=self.count_tokens)
+        rgb = pixel_targets(image, self.geometry.image_size)
+        return ssft_mod.px_target(d, rgb, budget=budget, count_tokens=self.count_tokens)
 
     # ----------------------------------------------------------------------------------- sample
 
@@ -218,7 +221,7 @@ class SampleBuilder:
         tiles = [self.encoder.num_tiles(im.width, im.height) for im in images]
         visual = sum(self.geometry.image_tokens(im.height, im.width, m) - 1 for im, m in zip(images, tiles))
         turns, encoded = self.fit(record, visual)
-        turns, encoded, kinds, coverage = self.augment(record, turns, encoded, visual, rows, epoch)
+        turns, encoded, kinds, coverage = self.augment(record, turns, encoded, visual, rows, epoch, images)
         sample = {
             "id": record.id,
             "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),  # (T,)
@@ -267,6 +270,12 @@ def check_row(record: Record, k: int, row: dict, image, identity_problems: list[
         raise LabelsMismatch(f"{where} ({record.images[k]}): the label row is for a {row['width']}x{row['height']} "
                              f"image, the image read is {image.width}x{image.height} (labels made from another "
                              f"image root?)")
+
+
+def pixel_targets(image, side: int) -> np.ndarray:
+    """Target_PX of a decoded image: X_Lo as (side, side, 3) uint8, the values label schema version 1
+    stored (recomputed here, from the image the sample decodes anyway)."""
+    return lowres_rgb(image, side)
 
 
 def _render_or_none(template: ChatTemplate, turns: list[Turn]) -> str | None:

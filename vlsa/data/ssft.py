@@ -4,8 +4,8 @@ For each sample, with probabilities ``ssft.p_vq`` / ``ssft.p_px``, one of the pa
 per task (``ssft_instructions.json``, verbatim) is expanded with the region asked about (its
 "this image" becomes e.g. "the upper left quarter of this image"), the image resolution
 ("[3, 672, 672]") and, for VQ, the number of indices to generate; the answer comes from the labels:
-the codebook indices of the chosen quarter (``<vq start>i, j, ...<vq end>``) or the RGB values of a
-quarter of X_Lo (``<rgb start>[[r, g, b], ...]<rgb end>``). The pair is inserted at a random position
+the codebook indices of the chosen quarter (``<vq start>i, j, ...<vq end>``), or comes from the image:
+the RGB values of a quarter of X_Lo (``<rgb start>[[r, g, b], ...]<rgb end>``). The pair is inserted at a random position
 after the first image turn.
 
 A target never gets cut: when its answer would take more than the token budget, VQ asks for a
@@ -157,11 +157,11 @@ def _vq(d: Draw, codes: np.ndarray, answer: str, region: str, size: int, reduced
 # --------------------------------------------------------------------------------------- pixels
 
 
-def px_target(d: Draw, row: dict, *, budget: int, count_tokens: Callable[[str], int]) -> Target | None:
-    """The pixel question/answer for the drawn quarter of X_Lo, strided when over ``budget``."""
+def px_target(d: Draw, rgb: np.ndarray, *, budget: int, count_tokens: Callable[[str], int]) -> Target | None:
+    """The pixel question/answer for the drawn quarter of X_Lo (``rgb``: (h, h, 3) uint8, see
+    ``vlsa.model.encoding.lowres_rgb``), strided when over ``budget``."""
     if budget <= 0:
         return None
-    rgb = pixels_array(row)
     quarter = quarter_of(rgb, d.quarter)
     full = _px_answer(quarter.reshape(-1, 3))
     used = count_tokens(full)
@@ -181,15 +181,6 @@ def quarter_of(array: np.ndarray, quarter: int) -> np.ndarray:
     rows = slice(0, h // 2) if quarter < 2 else slice(h // 2, h)
     cols = slice(0, w // 2) if quarter % 2 == 0 else slice(w // 2, w)
     return array[rows, cols]
-
-
-def pixels_array(row: dict) -> np.ndarray:
-    """X_Lo of a label row as (h, w, 3) uint8."""
-    flat = np.frombuffer(row["pixels"], dtype=np.uint8)
-    h = int(row["pixels_side"])
-    if h <= 0 or flat.size % (3 * h):
-        raise ValueError(f"label row {row.get('image')!r}: {flat.size} pixel bytes do not form rows of side {h}")
-    return flat.reshape(h, flat.size // (3 * h), 3)
 
 
 def _px_answer(values: np.ndarray) -> str:

@@ -1,9 +1,10 @@
 """Label computation (Sec. 3.2, Eq. 5; Eq. 3 targets), in plain PyTorch.
 
 For each image: the VQ-VAE codebook index of every latent position of each image quarter
-(Target_VQ = argmin distance between the frozen encoder latent and the codebook), the RGB values of
-X_Lo (Target_PX, a quarter of which is chosen at sample assembly) and the frozen VAE latent of the
-image at the reconstruction size, already shifted and scaled as the denoiser consumes it.
+(Target_VQ = argmin distance between the frozen encoder latent and the codebook) and the frozen VAE
+latent of the image at the reconstruction size, already shifted and scaled as the denoiser consumes
+it. The pixel targets (Target_PX: RGB values of X_Lo) are not labels: sample assembly recomputes them
+from the image it decodes anyway (``vlsa.model.encoding.lowres_rgb``), cheaper than reading them.
 
 Work splits in two so a pipeline can run it on different machines: ``prepare`` (CPU: resizing, only
 uint8 arrays) and ``LabelComputer.compute`` (the model calls). ``LabelComputer.label`` chains both
@@ -21,7 +22,7 @@ from PIL import Image
 
 from vlsa.config import Config
 from vlsa.model.builder import build_vae, build_vq
-from vlsa.model.encoding import lowres_rgb, recon_pixels
+from vlsa.model.encoding import recon_pixels
 from vlsa.model.geometry import vision_input_side
 
 
@@ -30,7 +31,7 @@ class LabelGeometry:
     """Image sides the labels depend on (all from the config)."""
 
     vision_side: int
-    """Side h of X_Lo (the vision tower's input): the pixel targets are h x h x 3."""
+    """Side h of X_Lo (the vision tower's input): the canvas is padded to a multiple of it."""
     vq_image_size: int
     """Side of the square image the VQ-VAE encodes."""
     recon_image_size: int
@@ -52,8 +53,6 @@ class PreparedImage:
     """(S_vq, S_vq, 3) uint8: the VQ-VAE input before scaling to [-1, 1]."""
     vae_rgb: np.ndarray
     """(S_rec, S_rec, 3) uint8: the VAE input before scaling to [-1, 1]."""
-    pixels: np.ndarray
-    """(h, h, 3) uint8: X_Lo, the pixel targets."""
 
 
 def _as_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -69,8 +68,8 @@ def to_unit_range(rgb: np.ndarray) -> torch.Tensor:
 def prepare(image: Image.Image, geometry: LabelGeometry) -> PreparedImage:
     """The CPU part of labeling one RGB image.
 
-    All three views come from the canvas padded to a multiple of the vision side, so the VQ
-    indices, the pixel targets and the latent show the same content at the same place. The model
+    Both views come from the canvas padded to a multiple of the vision side, as X_Lo does, so the VQ
+    indices, the pixel targets (made at assembly) and the latent show the same content at the same place. The model
     inputs travel as uint8 (4x smaller than floats); ``to_unit_range`` restores them exactly.
     """
     side = geometry.vision_side
@@ -79,11 +78,10 @@ def prepare(image: Image.Image, geometry: LabelGeometry) -> PreparedImage:
         height=image.height,
         vq_rgb=_as_uint8(recon_pixels(image, geometry.vq_image_size, pad_multiple=side)),
         vae_rgb=_as_uint8(recon_pixels(image, geometry.recon_image_size, pad_multiple=side)),
-        pixels=lowres_rgb(image, side),
     )
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -135,6 +133,9 @@ class LabelComputer:
     def vq_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [-1, 1] -> (B, 4, q, q) codebook indices per quarter."""
         latents = self.vq.encode(x.to(self.device, self.vq_dtype)).latents  # (B, D, S/f, S/f), after quant_conv
+        if not torch.isfinite(latents).all():  # fp16's range is narrow: an overflow would give arbitrary codes
+            raise FloatingPointError(f"the VQ-VAE encoder overflowed in {self.vq_dtype} (non-finite latents); "
+                                     f"label with label.vq_precision=fp32 or bf16")
         return split_quarters(nearest_codes(latents, self.codebook)).cpu()
 
     @torch.no_grad()
@@ -175,8 +176,6 @@ def label_row(prepared: PreparedImage, codes: torch.Tensor, latent: torch.Tensor
         "height": int(prepared.height),
         "vq_indices": codes.reshape(4, -1).tolist(),  # each quarter row-major
         "vq_side": int(codes.shape[-1]),
-        "pixels": np.ascontiguousarray(prepared.pixels, dtype=np.uint8).tobytes(),
-        "pixels_side": int(prepared.pixels.shape[0]),
         "latent": latent_np.tobytes(),
         "latent_shape": [int(n) for n in latent_np.shape],
     }

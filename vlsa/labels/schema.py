@@ -11,7 +11,7 @@ Shard k holds records [k * rows_per_shard, (k + 1) * rows_per_shard) of the reco
 without an image skipped), so names are deterministic and each record is in exactly one of the two
 tables of its shard.
 
-Label columns (schema version 1):
+Label columns (schema version 2):
 
 - ``id`` (string): record id; ``image`` (string): image path relative to the image root.
 - ``width``, ``height`` (int32): size of the decoded image (after EXIF rotation).
@@ -20,18 +20,22 @@ Label columns (schema version 1):
   the padded canvas (see ``vlsa.model.encoding``) resized to ``model.vq_image_size``; each index is
   the nearest codebook entry (Euclidean) to the encoder latent after ``quant_conv`` (Eq. 5).
 - ``vq_side`` (int32).
-- ``pixels`` (binary): X_Lo as uint8, ``pixels_side`` x ``pixels_side`` x 3, row-major (RGB last).
-- ``pixels_side`` (int32): the vision tower's input side.
 - ``latent`` (binary): float32 ``latent_shape`` = [C, s, s], C-order: the VAE latent distribution's
   mode (its mean, for determinism) of the canvas resized to ``model.recon.image_size``, stored already
   shifted and scaled: ``(z - shift_factor) * scaling_factor`` with the VAE config's values (shift 0
   when the VAE has none). This is the ``recon_latent`` the model consumes.
 - ``latent_shape`` (list<int32>).
 
+No pixel targets: sample assembly recomputes X_Lo from the image it decodes anyway (measured cheaper
+than storing and reading them, see ``docs/benchmarks.md``). Version 1 also stored ``pixels`` (X_Lo as
+uint8, h x h x 3) and ``pixels_side``; its labels are otherwise the same and stay readable (those
+columns are never read).
+
 Model identity: a part loaded from ``path`` is named by its config and a SHA-256 of its weight
 files (not by the path: a hub name and an ``s3://`` copy of the same weights are the same labels); a
 part built from ``init`` by its init dict and the model seed. Training refuses labels whose schema version, VQ
-identity, VAE identity or image sides differ from its config.
+identity, VAE identity or image sides differ from its config (``pixels_side``: the vision side the canvas is padded
+to a multiple of).
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from vlsa.config import ComponentConfig, Config
 from vlsa.labels.compute import LabelGeometry
 from vlsa.model.builder import content_identity
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Schema versions this code reads: version 1 differs only by its stored pixel targets."""
 ROW_GROUP_ROWS = 64
 """Rows per Parquet row group, the unit a reader fetches for one random-access lookup."""
 
@@ -63,13 +69,13 @@ LABEL_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("vq_indices", pa.list_(pa.list_(pa.int32()))),
         ("vq_side", pa.int32()),
-        ("pixels", pa.binary()),
-        ("pixels_side", pa.int32()),
         ("latent", pa.binary()),
         ("latent_shape", pa.list_(pa.int32())),
     ],
     metadata={"vlsa_label_schema": str(SCHEMA_VERSION)},
 )
+LABEL_COLUMNS = tuple(LABEL_SCHEMA.names)
+"""The columns a reader asks for (a version 1 shard's pixel columns are left unread)."""
 REJECT_SCHEMA = pa.schema(
     [("id", pa.string()), ("image", pa.string()), ("reason", pa.string()), ("detail", pa.string())],
     metadata={"vlsa_label_schema": str(SCHEMA_VERSION)},
@@ -120,15 +126,24 @@ def _difference(key: str, found: Any, expected: Any) -> str:
     return f"{key}: labels have {found!r}, config has {expected!r}"
 
 
+def current_identity(found: dict[str, Any]) -> dict[str, Any]:
+    """The identity of labels of a readable version as this version names it (a version 1 label set
+    is this version's plus columns never read, so only its version number differs)."""
+    if found.get("schema_version") in READABLE_VERSIONS:
+        return found | {"schema_version": SCHEMA_VERSION}
+    return found
+
+
 def check_manifest(manifest: dict[str, Any], cfg: Config, where: str) -> None:
     """Raise ``LabelsMismatch`` unless the labels described by ``manifest`` fit ``cfg``."""
     found = manifest.get("identity", {})
-    if found.get("schema_version") != SCHEMA_VERSION:
+    if found.get("schema_version") not in READABLE_VERSIONS:
         raise LabelsMismatch(
             f"labels at {where} have schema version {found.get('schema_version')!r}, this code reads "
-            f"version {SCHEMA_VERSION}; run ray_jobs/label.py again"
+            f"versions {list(READABLE_VERSIONS)}; make them again with python ray_jobs/label.py --data D "
+            f"--image-root R --output NEW --config C"
         )
-    problems = identity_differences(found, label_identity(cfg))
+    problems = identity_differences(current_identity(found), label_identity(cfg))
     if problems:
         raise LabelsMismatch(f"labels at {where} were made for another config: " + "; ".join(problems))
 
@@ -137,12 +152,6 @@ def vq_array(row: dict[str, Any]) -> np.ndarray:
     """(4, vq_side, vq_side) int64 codebook indices of a label row."""
     side = row["vq_side"]
     return np.asarray(row["vq_indices"], dtype=np.int64).reshape(4, side, side)
-
-
-def pixels_array(row: dict[str, Any]) -> np.ndarray:
-    """(h, h, 3) uint8 X_Lo of a label row."""
-    side = row["pixels_side"]
-    return np.frombuffer(row["pixels"], dtype=np.uint8).reshape(side, side, 3)
 
 
 def latent_array(row: dict[str, Any]) -> np.ndarray:

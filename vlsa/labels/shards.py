@@ -134,13 +134,13 @@ def _shard_entry(output: str, shard: int, expected: int) -> dict[str, Any]:
 
 
 def _geometry(output: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """vq_side, pixels_side and latent_shape, from the first stored row."""
+    """vq_side and latent_shape, from the first stored row."""
     for index, entry in enumerate(entries):
         if entry["rows"]:
             first = open_parquet(labels_uri(output, index)).read_row_group(
-                0, columns=["vq_side", "pixels_side", "latent_shape"]
+                0, columns=["vq_side", "latent_shape"]
             )
-            return {key: first.column(key)[0].as_py() for key in ("vq_side", "pixels_side", "latent_shape")}
+            return {key: first.column(key)[0].as_py() for key in ("vq_side", "latent_shape")}
     return {}
 
 

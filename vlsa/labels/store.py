@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from vlsa.config import Config
 from vlsa.io import storage
-from vlsa.labels.schema import MANIFEST, check_manifest
+from vlsa.labels.schema import LABEL_COLUMNS, MANIFEST, check_manifest, current_identity
 from vlsa.labels.shards import labels_uri, open_parquet, rejects_uri
 
 
@@ -92,9 +92,10 @@ class LabelStore(Mapping):
             parquet.close(force=True)
             self._index.update((rid, (shard, row)) for row, rid in enumerate(ids))
             self._starts.append([0, *itertools.accumulate(g.num_rows for g in groups)])
-            stored += sum(g.column(c).total_compressed_size for g in groups for c in range(g.num_columns))
+            stored += sum(g.column(c).total_compressed_size for g in groups for c in range(g.num_columns)
+                          if g.column(c).path_in_schema.split(".")[0] in LABEL_COLUMNS)
             rows += len(ids)
-        self.row_bytes = stored / rows if rows else 0.0  # mean stored row: its column chunks, compressed
+        self.row_bytes = stored / rows if rows else 0.0  # mean stored row: the chunks of the columns read, compressed
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
 
@@ -112,7 +113,7 @@ class LabelStore(Mapping):
     @property
     def identity(self) -> dict[str, Any]:
         """What the labels were made from (``vlsa.labels.schema.label_identity`` at labeling time)."""
-        return self.manifest["identity"]
+        return current_identity(self.manifest["identity"])
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         shard, row = self._index[key]
@@ -155,7 +156,7 @@ class LabelStore(Mapping):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        table = self._file(shard).read_row_group(group)
+        table = self._file(shard).read_row_group(group, columns=list(LABEL_COLUMNS))
         self._cache[key] = table
         if len(self._cache) > self.cache_groups:
             self._cache.popitem(last=False)

@@ -107,7 +107,6 @@ def pack(decoded: DecodedShard, geometry: LabelGeometry) -> bytes:
         })),
         vq_rgb=stack("vq_rgb", geometry.vq_image_size),  # (N, S_vq, S_vq, 3)
         vae_rgb=stack("vae_rgb", geometry.recon_image_size),  # (N, S_rec, S_rec, 3)
-        pixels=stack("pixels", geometry.vision_side),  # (N, h, h, 3)
     )
     return buffer.getvalue()
 
@@ -116,8 +115,8 @@ def unpack(blob: bytes) -> DecodedShard:
     """The inverse of ``pack``."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        vq, vae, pixels = data["vq_rgb"], data["vae_rgb"], data["pixels"]
-    prepared = [PreparedImage(w, h, vq[i], vae[i], pixels[i]) for i, (w, h) in enumerate(meta["sizes"])]
+        vq, vae = data["vq_rgb"], data["vae_rgb"]
+    prepared = [PreparedImage(w, h, vq[i], vae[i]) for i, (w, h) in enumerate(meta["sizes"])]
     return DecodedShard(
         shard=meta["shard"],
         items=[Item(*pair) for pair in meta["items"]],

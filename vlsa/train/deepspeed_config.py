@@ -36,6 +36,8 @@ def zero_section(stage: StageConfig, device: str, cfg: Config | None = None) -> 
         if cfg is not None:  # DeepSpeed's defaults (1e9 values each) would keep a model below 1e9 gathered
             zero["stage3_max_live_parameters"] = cfg.train.zero3_live_parameters
             zero["stage3_max_reuse_distance"] = cfg.train.zero3_reuse_distance
+            zero["stage3_prefetch_bucket_size"] = cfg.train.zero3_prefetch_values
+            zero["reduce_bucket_size"] = cfg.train.zero3_reduce_bucket_values
     return zero
 
 

@@ -64,8 +64,9 @@ def _labels_manifest(cfg: Config, index: int) -> str:
     return storage.join(data.labels, MANIFEST)
 
 
-def prepare_stage(cfg: Config, index: int, run: str, log: Callable[[str], None] = logger.info) -> str:
-    """The validation manifest stage ``index`` trains with (checked, or made by a Ray Data pass)."""
+def manifest_uri(cfg: Config, index: int, run: str) -> str:
+    """Where stage ``index``'s validation manifest is: its labels' manifest, else the run's own
+    validation. Reads nothing; a stage whose SSFT turns need labels and has none raises here."""
     stage = cfg.train.stages[index]
     data = stage.data
     if not data.train:
@@ -73,7 +74,16 @@ def prepare_stage(cfg: Config, index: int, run: str, log: Callable[[str], None] 
     if needs_labels(stage) and not data.labels:
         raise _missing(cfg, index, f"inserts SSFT turns (ssft.p_vq={data.ssft.p_vq}, ssft.p_px={data.ssft.p_px}) "
                                    f"but has no labels (train.stages.{index}.data.labels)")
-    uri = _labels_manifest(cfg, index) if data.labels else validation_uri(run, stage)
+    return storage.join(data.labels, MANIFEST) if data.labels else validation_uri(run, stage)
+
+
+def prepare_stage(cfg: Config, index: int, run: str, log: Callable[[str], None] = logger.info) -> str:
+    """The validation manifest stage ``index`` trains with (checked, or made by a Ray Data pass)."""
+    stage = cfg.train.stages[index]
+    data = stage.data
+    uri = manifest_uri(cfg, index, run)
+    if data.labels:
+        _labels_manifest(cfg, index)
     fingerprint = data_fingerprint(data.train, storage.read_bytes(data.train))
     if storage.exists(uri):
         section = read_section(uri)

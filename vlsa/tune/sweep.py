@@ -19,6 +19,7 @@ from vlsa.config import Config, ConfigError, check_batches, flatten
 from vlsa.data.demo import generate_demo
 from vlsa.io import storage, tracking
 from vlsa.io.tracking import tracking_uri
+from vlsa.tune.data import data_root, prepare_sweep, with_demo_labels
 from vlsa.tune.points import VARIANT_KEY, sample_points
 from vlsa.tune.report import GLOBAL_STEP
 from vlsa.tune.resources import DRIVER_CPUS, cluster_capacity, max_concurrent
@@ -54,9 +55,10 @@ def sweep_path(cfg: Config, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
-def with_demo_data(cfg: Config, folder: str) -> Config:
-    """``cfg`` with stages that name no data pointed at the generated demo set (made once under ``folder``),
-    and, when it names no held-out questions, the demo's held-out split as ``eval.data``."""
+def with_demo_data(cfg: Config, folder: str, space: dict[str, Any]) -> Config:
+    """``cfg`` with stages that name no data pointed at the generated demo set (made once under ``folder``,
+    and labeled where a point of ``space`` inserts SSFT turns), and, when it names no held-out questions,
+    the demo's held-out split as ``eval.data``."""
     if all(s.data.train for s in cfg.train.stages):
         return cfg
     demo = generate_demo(cfg.demo, folder, seed=cfg.train.seed)
@@ -67,7 +69,8 @@ def with_demo_data(cfg: Config, folder: str) -> Config:
             overrides[f"train.stages.{i}.data.image_root"] = demo.image_root
     if not cfg.eval.data:
         overrides |= {"eval.data": demo.eval, "eval.image_root": demo.image_root}
-    return cfg.with_overrides(overrides)
+    stages = [i for i, stage in enumerate(cfg.train.stages) if not stage.data.train]
+    return with_demo_labels(cfg.with_overrides(overrides), space, stages, folder)
 
 
 LOSS_WEIGHTS = (".w_lm", ".w_rec", "model.vdep.alpha")
@@ -192,7 +195,7 @@ def build_tuner(cfg: Config, space: dict[str, Any], name: str, run_id: str, call
 
     path = sweep_path(cfg, name)
     uri = tracking_uri(cfg.run.mlflow.tracking_uri)
-    info = {"name": name, "trials": f"{path}/trials", "tracking_uri": uri, "run_id": run_id}
+    info = {"name": name, "trials": f"{path}/trials", "data": data_root(path), "tracking_uri": uri, "run_id": run_id}
     search_alg, searched, derived = search_plan(cfg, space)
     fn = trainable(cfg, info, derived)
     filesystem, _ = storage.pyarrow_filesystem(path)
@@ -219,11 +222,12 @@ def run_sweep(cfg: Config, space: dict[str, Any], name: str, *, command: str = "
     uri = tracking.tracking_uri(cfg.run.mlflow.tracking_uri)
     path = sweep_path(cfg, name)
     if not storage.is_s3(path):
-        cfg = with_demo_data(cfg, f"{path}/demo")
+        cfg = with_demo_data(cfg, f"{path}/demo", space)
     if cfg.tune.final_metric() and not cfg.eval.data:
         raise ConfigError(f"tune.metric={cfg.tune.metric!r} scores held-out questions, but eval.data is empty "
                           f"(set it to a question file with answers and categories, as the demo's eval.jsonl)")
     check_space(cfg, space)
+    prepare_sweep(cfg, space, path)  # data validated once for every trial; missing labels stop here
     search = describe_search(cfg, space)
     print(f"[vlsa] sweep {name}: search {search['sweep.search']}, budget {search['sweep.budget']}", flush=True)
     params = {"sweep.keys": ",".join(sorted(space)), **search, **tracking.config_params(cfg.to_dict())}

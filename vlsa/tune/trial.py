@@ -20,6 +20,7 @@ from vlsa.io import tracking
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.driver import build_trainer, resolve
 from vlsa.train.loop import Hooks, JobInfo, train_worker
+from vlsa.tune.data import trial_validations
 from vlsa.tune.report import WindowReporter
 from vlsa.tune.tracking import open_trial_run
 
@@ -97,9 +98,11 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, s
     point = {path: fn.sample(config=point) for path, fn in (derived or {}).items()} | dict(point)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = resolve(trial_config(base, point, name=f"{sweep['name']}-{trial_id}", storage_path=sweep["trials"]))
+    validations = trial_validations(cfg, sweep["data"])  # prepared by the sweep's driver for every trial
     uri, run = sweep["tracking_uri"], ckpt.run_uri(cfg.run.storage_path, cfg.run.name)
     run_id = open_trial_run(uri, sweep["run_id"], trial_id, run, cfg.run.name)
     tracking.open_parent_run(uri, cfg.run.mlflow.experiment, cfg.run.name, run, tracking.config_params(cfg.to_dict()))
-    trainer = build_trainer(cfg, JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id), train_fn)
+    job = JobInfo(run=run, tracking_uri=uri, parent_run_id=run_id, validations=validations)
+    trainer = build_trainer(cfg, job, train_fn)
     trainer.run_config.callbacks.append(forward_callback())
     trainer.fit()
