@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import json
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +57,16 @@ def kuberay_schema(kind: str) -> dict:
     plural = {"RayJob": "rayjobs", "RayCluster": "rayclusters"}[kind]
     with gzip.open(KUBERAY_DATA / f"{plural}.v1.schema.json.gz", "rt") as handle:
         return json.load(handle)
+
+
+@functools.lru_cache(maxsize=None)
+def kuberay_validator(kind: str) -> jsonschema.protocols.Validator:
+    """A validator of ``kuberay_schema(kind)``, the schema itself checked once (the slow part of
+    ``jsonschema.validate``, which checks it again on every call)."""
+    schema = kuberay_schema(kind)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def kuberay_operator() -> dict:

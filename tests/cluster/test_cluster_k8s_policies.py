@@ -12,7 +12,7 @@ import pytest
 
 from tests.cluster import podsecurity
 from tests.cluster.manifests import (
-    ROOT, k8s_documents, kuberay_documents, kuberay_operator, kuberay_schema, unknown_fields,
+    ROOT, k8s_documents, kuberay_documents, kuberay_operator, kuberay_schema, kuberay_validator, unknown_fields,
 )  # fmt: skip
 from tests.cluster.netpol import Pod, allowed
 
@@ -51,16 +51,15 @@ def _pod_templates() -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("doc", [d for _, d in kuberay_documents()], ids=lambda d: d["metadata"]["name"])
 def test_kuberay_objects_validate_against_the_pinned_crd_schema(doc):
-    schema = kuberay_schema(doc["kind"])
-    jsonschema.validate(doc, schema)
-    assert unknown_fields(doc, schema) == [], "fields the API server would drop"
+    kuberay_validator(doc["kind"]).validate(doc)
+    assert unknown_fields(doc, kuberay_schema(doc["kind"])) == [], "fields the API server would drop"
 
 
 def test_the_crd_schema_rejects_a_broken_object():
     doc = copy.deepcopy(next(d for _, d in kuberay_documents() if d["kind"] == "RayJob"))
     doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "four"
     with pytest.raises(jsonschema.ValidationError, match="four"):
-        jsonschema.validate(doc, kuberay_schema("RayJob"))
+        kuberay_validator("RayJob").validate(doc)
     doc = copy.deepcopy(next(d for _, d in kuberay_documents() if d["kind"] == "RayJob"))
     doc["spec"]["submiterPodTemplate"] = doc["spec"].pop("submitterPodTemplate")
     doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnly"] = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import vlsa
 from vlsa.io import tracking
+from tests.tracking_db import sqlite_tracking_uri
 
 
 def test_config_params_are_flat_and_complete():
@@ -36,7 +37,7 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path):
 
 
 def test_job_run_is_reopened_by_key_and_stages_nest_under_it(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_tracking_uri(tmp_path)
     first = tracking.open_parent_run(uri, "exp", "job", "/runs/job", {"a": "1", "b": "2"})
     again = tracking.open_parent_run(uri, "exp", "job", "/runs/job", {"a": "1", "b": "3", "c": "4"})
     other = tracking.open_parent_run(uri, "exp", "job", "/runs/other", {"a": "1"})

@@ -28,6 +28,7 @@ from vlsa.io.image import decode_image
 from vlsa.labels.pipeline import run_labeling
 from vlsa.labels.schema import LABEL_SCHEMA, LabelsMismatch, latent_array, vq_array
 from vlsa.labels.store import load_labels, load_rejects, read_manifest
+from tests.tracking_db import sqlite_tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +172,7 @@ def test_resume_after_a_kill_finishes_only_missing_shards(s3_run, cache_dir, loc
     (out / "labels" / SHARDS[3]).unlink()
     (out / "rejects" / SHARDS[3]).unlink()
     (out / "manifest.json").unlink()
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = sqlite_tracking_uri(tmp_path)
     cfg = label_config(cache_dir, f"run.mlflow.tracking_uri={tracking}")
     summary = run_labeling(cfg, s3_run[0], s3_run[1], str(out), log=lambda _: None)
     assert (summary["shards_run"], summary["shards_skipped"]) == (2, 2)

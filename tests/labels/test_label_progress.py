@@ -10,13 +10,14 @@ from mlflow import MlflowClient
 
 import vlsa
 from vlsa.labels.progress import log_to_mlflow
+from tests.tracking_db import sqlite_tracking_uri
 
 SUMMARY = {"labeled": 7, "rejected": 2, "images_per_s": 3.25, "busy_fraction": None, "device": "cpu",
            "output_rejects_by_reason": {"image_missing": 1, "truncated": 1}}
 
 
 def test_summary_is_logged_through_an_explicit_client(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_tracking_uri(tmp_path)
     cfg = vlsa.load_config("tiny", [f"run.mlflow.tracking_uri={uri}", "run.name=demo", "label.rows_per_shard=4"])
     before = mlflow.get_tracking_uri()
     run_id = log_to_mlflow(cfg, SUMMARY, {"data": "s3://bucket/train.json", "output": None})
@@ -39,7 +40,7 @@ def test_nothing_is_logged_without_a_tracking_uri(monkeypatch):
 
 
 def test_a_second_run_joins_the_same_experiment(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_tracking_uri(tmp_path)
     cfg = vlsa.load_config("tiny", [f"run.mlflow.tracking_uri={uri}", "run.mlflow.experiment=labels"])
     first, second = log_to_mlflow(cfg, SUMMARY, {}), log_to_mlflow(cfg, SUMMARY, {})
     client = MlflowClient(uri)

@@ -22,6 +22,7 @@ import vlsa
 from vlsa.config import config_from_dict
 from vlsa.train.driver import train
 from vlsa.train.loop import Hooks, train_worker
+from tests.tracking_db import sqlite_tracking_uri
 
 pytestmark = pytest.mark.integration
 STEPS = 40
@@ -75,7 +76,7 @@ def _record_images(marker_dir: str) -> Hooks:
 
 
 def test_zero3_trains_on_alternating_image_and_text_only_records(local_ray, train_demo, cache_dir, tmp_path):
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = sqlite_tracking_uri(tmp_path)
     cfg = mixed_config(train_demo, cache_dir, tmp_path, tracking_uri)
     markers = tmp_path / "markers"
     markers.mkdir()

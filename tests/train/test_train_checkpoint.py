@@ -166,7 +166,7 @@ def test_resuming_a_stage_with_another_number_of_workers_is_refused_before_any_w
     from vlsa.config import ConfigError
     from vlsa.train.driver import check_resume, train
 
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # never created: the run is refused before MLflow
     cfg = vlsa.load_config("tiny", [f"run.storage_path={tmp_path}", "run.name=r", "run.num_workers=1",
                                     f"run.mlflow.tracking_uri={tracking}"])
     run = tmp_path / "r"

@@ -13,6 +13,7 @@ import pytest
 from train_helpers import small_config
 
 from tests.services import patched_environ
+from tests.tracking_db import sqlite_tracking_uri
 from vlsa.train.driver import FORWARDED_ENV, train, worker_env
 from vlsa.train.loop import Hooks, train_worker
 
@@ -75,7 +76,7 @@ def test_a_run_leaves_no_trace_of_node_credentials(train_demo, train_labels, cac
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-canary-"))
     flags = tmp_path / "flags"
     flags.mkdir()
-    cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "canary", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    cfg = small_config(train_demo, cache_dir, tmp_path / "runs", "canary", sqlite_tracking_uri(tmp_path),
                        workers=1, steps=1, labels=train_labels,
                        extra=("train.checkpoint_every=0", "run.mlflow.experiment=canary"))
     try:

@@ -24,6 +24,7 @@ from cluster.local.ray_head import LOOPBACK_ONLY, start_ray_head, stop_ray_head
 from vlsa.io import storage
 from vlsa.train import checkpoint as ckpt
 from vlsa.train.restore import rank_files
+from tests.tracking_db import sqlite_tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NODE2 = "rehearsal_node2"
@@ -127,7 +128,7 @@ def _mid_stage2(run: str) -> bool:
 def test_a_killed_node_rejoins_and_each_rank_restores_its_own_shard(two_nodes, s3_server, train_demo, train_labels,
                                                                     cache_dir, tmp_path):
     head, node = two_nodes
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = sqlite_tracking_uri(tmp_path)
     root = storage.join(s3_server.make_bucket("rehearsal"), "runs")
     # Stage II alone (Stage I would add a model build, a step and a data pass to both runs and prove nothing
     # here), three steps: the node dies after the first checkpoint, so at least one step runs after each

@@ -19,6 +19,7 @@ from vlsa.train import checkpoint as ckpt
 from vlsa.train.driver import train
 from vlsa.train.loop import Hooks, train_worker
 from vlsa.train.restore import rank_files
+from tests.tracking_db import sqlite_tracking_uri
 
 pytestmark = pytest.mark.integration
 LOSS_KEYS = ("loss", "loss_lm", "loss_rec")
@@ -39,7 +40,7 @@ def local_ray(s3_server):
 
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('train-mlflow') / 'mlflow.db'}"
+    return sqlite_tracking_uri(tmp_path_factory.mktemp('train-mlflow'))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 from train_helpers import driver_summary, launch_driver, small_overrides, stage_run
 
 from vlsa.train import checkpoint as ckpt
+from tests.tracking_db import sqlite_tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def test_rerun_continues_after_a_killed_driver_and_reports_a_finished_run(ray_he
                                                                          tmp_path):
     from mlflow import MlflowClient
 
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = sqlite_tracking_uri(tmp_path)
     overrides = small_overrides(train_demo, cache_dir, workers=1, steps=3, labels=train_labels)
     overrides += [f"run.storage_path={tmp_path / 'runs'}", "run.name=rerun", f"run.mlflow.tracking_uri={tracking}",
                   "train.keep_checkpoints=1", "train.stages.1.max_steps=3"]
