@@ -147,6 +147,7 @@ def test_latency(suite):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # two Ray Train runs (about 100 s on 2 cores); the figure is recorded in docs/benchmarks.md
 def test_ray_overhead(capsys, cache_dir):
     r, log = bench_json_and_log(capsys, "ray-overhead", cache_dir)
     # Ray Train's placement-group cleaner queries the State API; without the dashboard that serves it,
@@ -203,6 +204,7 @@ def test_build_memory(capsys, cache_dir):
     assert two[0]["losses"] == two[1]["losses"]  # one model trained by both workers
 
 
+@pytest.mark.slow  # two data sets of 100x the size, each to a first step (about 120 s on 2 cores)
 def test_startup(capsys, cache_dir):
     r = bench_json(capsys, "startup", cache_dir, "--set", "demo.train_images=4", "--set", "demo.eval_images=2",
                    "--set", "bench.repeats=1")
