@@ -30,6 +30,10 @@ THIRD_PARTY_NOTICES = {
     "diffusers.models.modeling_utils": ("There are modules in ",),
     # Our Ray Data jobs turn the progress bars off themselves (they log their own progress).
     "ray.data._internal.progress": ("Progress bars disabled",),
+    # MLflow's system-metrics monitor announces each start and stop (every stage, every node).
+    "mlflow.system_metrics.system_metrics_monitor": ("Skip logging GPU metrics", "Started monitoring system metrics",
+                                                     "Stopping system metrics monitoring",
+                                                     "Successfully terminated system metrics monitoring"),
 }
 """Logger name -> message prefixes of third-party log notices hidden in every process of a command."""
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
