@@ -59,3 +59,19 @@ def test_job_run_is_reopened_by_key_and_stages_nest_under_it(tmp_path):
     assert client.get_run(stage.run_id).data.tags[tracking.PARENT_TAG] == first
     tracking.close_run(uri, first, ok=False)
     assert client.get_run(first).info.status == "FAILED"
+
+
+def test_the_final_model_is_registered_in_a_sqlite_database(tmp_path, monkeypatch):
+    """MLflow's registry looks a ``models:/`` source up through the process's tracking URI: a run tracked in a
+    SQLite database (the embedded default's) still gets its registered version, and the process's URI is kept."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    uri, before = sqlite_tracking_uri(tmp_path), mlflow.get_tracking_uri()
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("final-model"))
+    model_id = tracking.log_final_model(uri, run.info.run_id, "demo", str(tmp_path / "ckpt"), register=True)
+    (version,) = client.search_model_versions("name='demo'")
+    assert version.run_id == run.info.run_id and version.source == f"models:/{model_id}"
+    assert mlflow.get_tracking_uri() == before

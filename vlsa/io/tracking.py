@@ -12,12 +12,13 @@ keys that name one are masked and credentials inside URLs are stripped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlsa.config import flatten
 
@@ -240,5 +241,20 @@ def _register(mlflow_client, name: str, model_id: str, run_id: str) -> None:
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    mlflow_client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
-                                       tags={"vlsa.checkpoint_of": run_id})
+    with _process_tracking_uri(mlflow_client.tracking_uri):
+        mlflow_client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                           tags={"vlsa.checkpoint_of": run_id})
+
+
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's registry finds the logged model of a ``models:/`` source through the process's tracking URI,
+    not the client's: set it to the client's for the call (a SQLite database otherwise looks elsewhere)."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
