@@ -21,15 +21,7 @@ import vlsa
 from vlsa.export.__main__ import main as export_main
 from vlsa.model import weights
 from vlsa.train.checkpoint import TRAINER_STATE, WEIGHTS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are far slower with several OpenMP threads on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.threads import one_thread  # noqa: F401  (autouse: one OpenMP thread per module)
 
 
 @pytest.fixture(scope="session")

@@ -5,19 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 from model_helpers import make_batch, solid, tiny_config
 
 import vlsa
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are far slower with several OpenMP threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.threads import one_thread  # noqa: F401  (autouse: one OpenMP thread per module)
 
 
 @pytest.fixture(scope="session")
