@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import math
+import statistics
 
 import pytest
 
@@ -157,6 +158,17 @@ def test_ray_overhead(capsys, cache_dir):
         assert positive(r[key]), key
     assert r["ratio"] == pytest.approx(r["ray_step_s"] / r["plain_step_s"])
     assert r["settings"]["workers"] == 1 and r["ray_startup_s"] > 0
+
+
+@pytest.mark.slow  # four Ray Train runs (two pairs) of a few steps; the figure is recorded in docs/benchmarks.md
+def test_sweep_overhead(capsys, cache_dir):
+    small = ("demo.train_images=16", "demo.eval_images=4", "label.batch_size=8", "train.stages.0.max_steps=3",
+             "train.stages.1.max_steps=3")
+    r, _ = bench_json_and_log(capsys, "sweep-overhead", cache_dir, *(a for o in small for a in ("--set", o)))
+    assert len(r["ratios"]) == 2 and r["ratio"] == pytest.approx(statistics.median(r["ratios"]))
+    for key in ("job_step_s", "trial_step_s", "compute_ratio", "outside_ratio_adjusted"):
+        assert positive(r[key]), key
+    assert r["settings"]["stage_steps"] == [3, 3]
 
 
 def test_unknown_benchmark_is_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("bench_gpu" if device.type == "cuda" else "bench_cpu")
     cfg = bench_config(preset, args.overrides, smoke=args.smoke)
     dev.use_threads(cfg.bench.threads)
-    report = importlib.import_module(BENCHMARKS[args.name]).run(cfg, device, args.out)
+    # with --json, stdout is the one JSON object: what a benchmark's runs print (Tune's trial tables,
+    # Ray's forwarded worker lines) goes to stderr with the other progress output
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = importlib.import_module(BENCHMARKS[args.name]).run(cfg, device, args.out)
     report.settings["command"] = "python -m vlsa.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     report.save()
     print(report.to_json() if args.json else report.to_text())

@@ -26,7 +26,6 @@ from vlsa.bench.device import describe
 from vlsa.bench.report import Report, fmt_seconds, table
 from vlsa.config import Config
 from vlsa.io import tracking
-from vlsa.labels.pipeline import run_labeling
 from vlsa.ray_session import default_num_cpus, ray_session
 from vlsa.train.driver import train
 from vlsa.tune.sweep import run_sweep, with_demo_data
@@ -101,18 +100,6 @@ def figures(pairs: list[dict[str, StepTimes]]) -> dict[str, Any]:
             "trial_outside_s": med(p["trial"].outside for p in pairs)}
 
 
-def with_labels(cfg: Config, root: str) -> Config:
-    """``cfg`` with the stages that insert SSFT turns given labels made once by the labeling pipeline
-    (a training job requires them; both sides of a pair then read the same labels)."""
-    overrides = {}
-    for i, stage in enumerate(cfg.train.stages):
-        data = stage.data
-        if not data.labels and (data.ssft.p_vq > 0 or data.ssft.p_px > 0):
-            overrides[f"train.stages.{i}.data.labels"] = f"{root}/labels-{i}"
-            run_labeling(cfg, data.train, data.image_root, f"{root}/labels-{i}")
-    return cfg.with_overrides(overrides) if overrides else cfg
-
-
 def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     """``bench.repeats`` interleaved pairs (job, trial); the median of the per-pair ratios."""
     if device.type != "cpu":
@@ -122,10 +109,10 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
     cfg = cfg.with_overrides({"run.storage_path": f"{root}/runs",
                               "run.mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db",
                               "run.mlflow.register_model": False})
-    cfg = with_demo_data(cfg, f"{root}/demo")
     pairs, started = [], time.perf_counter()
     with ray_session(default_num_cpus()):
-        cfg = with_labels(cfg, root)
+        # labeled once by the sweep's own preparation, so both sides of a pair read the same labels
+        cfg = with_demo_data(cfg, f"{root}/demo", space={})
         for i in range(cfg.bench.repeats):
             order = [("job", as_job), ("trial", as_trial)][::1 if i % 2 == 0 else -1]
             pairs.append({kind: fn(cfg, f"overhead-{kind}-{i}") for kind, fn in order})
