@@ -39,7 +39,7 @@ lmms-venv: $(LMMS_VENV)/.installed
 
 # the lmms-eval tier: the adapter's tests and the real evaluator on local tasks (skipped by `make test`)
 test-lmms-eval: $(LMMS_VENV)/.installed
-	$(LMMS_PY) -m pytest tests/eval/test_lmms_eval_adapter.py tests/eval/test_lmms_eval_tasks.py
+	$(LMMS_PY) -m pytest -n 0 tests/eval/test_lmms_eval_adapter.py tests/eval/test_lmms_eval_tasks.py
 
 demo: $(VENV)/.installed
 	$(PY) ray_jobs/train.py

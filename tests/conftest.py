@@ -51,6 +51,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most 4. Most integration tests wait on Ray, servers and
+    subprocesses for much of their time, so two workers on a 2-core machine keep both cores busy; each
+    worker's Ray instances take 4-6 logical CPUs and a few GiB, so many more would not fit a small host."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One model cache per test session: tiny components are built and saved once."""
