@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import time
@@ -36,6 +37,12 @@ THIRD_PARTY_NOTICES = {
                                                      "Successfully terminated system metrics monitoring"),
 }
 """Logger name -> message prefixes of third-party log notices hidden in every process of a command."""
+FILE_NAMED_NOTICES = {
+    # Ray Train's worker context logs every report (one line per report and rank, 19 per tiny trial).
+    ("ray", "train/v2/_internal/execution/context.py"): ("Reporting training result",),
+}
+"""(package, file in it) -> message prefixes, for loggers named after their file's path
+(``logging.getLogger(__file__)``): the name is found from where the package is installed."""
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 """Environment of every process: no 'Loading weights' progress bar per model part and worker."""
 
@@ -56,10 +63,20 @@ def quiet_third_party() -> None:
         os.environ.setdefault(key, value)
     for category, module in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", category=category, module=module)
-    for name, prefixes in THIRD_PARTY_NOTICES.items():
+    for name, prefixes in (THIRD_PARTY_NOTICES | _file_named_notices()).items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNotices) for f in logger.filters):
             logger.addFilter(_DropNotices(prefixes))
+
+
+def _file_named_notices() -> dict[str, tuple[str, ...]]:
+    """``FILE_NAMED_NOTICES`` by logger name, for the packages installed here (nothing is imported)."""
+    found = {}
+    for (package, file), prefixes in FILE_NAMED_NOTICES.items():
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            found[os.path.join(spec.submodule_search_locations[0], file)] = prefixes
+    return found
 
 
 def quiet_runtime_env() -> dict:

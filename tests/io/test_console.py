@@ -38,6 +38,16 @@ def test_known_notices_are_dropped_by_logger_and_message_only():
     assert not passes("ray.data._internal.progress", "Progress bars disabled. To enable, set ...")
 
 
+def test_ray_trains_report_lines_are_dropped_from_the_logger_named_after_its_file():
+    import ray.train.v2._internal.execution.context as context  # the module whose logger is its file path
+
+    quiet_third_party()
+    logger = logging.getLogger(context.__file__)
+    record = lambda message: logger.makeRecord(logger.name, logging.INFO, "f.py", 1, message, (), None)  # noqa: E731
+    assert not logger.filter(record("Reporting training result 3: TrainingReport(...) from rank 0"))
+    assert logger.filter(record("Something else Ray Train says"))
+
+
 def test_ray_workers_run_the_same_setup():
     env = quiet_runtime_env()
     assert env["worker_process_setup_hook"] == "vlsa.ray_session.quiet_third_party"
