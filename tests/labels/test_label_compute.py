@@ -248,3 +248,70 @@ def test_an_fp16_overflow_is_an_error_not_arbitrary_codes(label_cfg):
         computer.vq.encoder.conv_in.weight.mul_(1e6)  # activations far past fp16's 65,504
     with pytest.raises(FloatingPointError, match="overflowed in torch.float16.*label.vq_precision=fp32"):
         computer.label(_images()[:1])
+
+
+def _encoder_parts(vq) -> dict[str, torch.nn.Module]:
+    """The VQ-VAE's encoder path in order, one entry per block, resnet, attention or convolution."""
+    enc = vq.encoder
+    parts = {"conv_in": enc.conv_in}
+    for i, block in enumerate(enc.down_blocks):
+        parts.update({f"down{i}.resnet{j}": r for j, r in enumerate(block.resnets)})
+        parts.update({f"down{i}.downsample{j}": d for j, d in enumerate(block.downsamplers or [])})
+    mid = enc.mid_block
+    parts["mid.resnet0"] = mid.resnets[0]
+    for j, (attn, resnet) in enumerate(zip(mid.attentions, mid.resnets[1:])):
+        parts.update({f"mid.attention{j}": attn, f"mid.resnet{j + 1}": resnet})
+    parts.update({"conv_norm_out": enc.conv_norm_out, "conv_out": enc.conv_out, "quant_conv": vq.quant_conv})
+    return parts
+
+
+def _codes_with_bf16_parts(cfg, x, bf16: set[str]) -> torch.Tensor:
+    """VQ codes with the named encoder parts in bf16 and the others in fp32, each part's input cast to its dtype."""
+    from vlsa.model.builder import build_vq
+
+    vq = build_vq(cfg)
+    codebook = vq.quantize.embedding.weight.detach().float()
+    for name, part in _encoder_parts(vq).items():
+        dtype = torch.bfloat16 if name in bf16 else torch.float32
+        part.to(dtype)
+        part.register_forward_pre_hook(
+            lambda _, args, dtype=dtype: tuple(a.to(dtype) if torch.is_tensor(a) else a for a in args))
+    step = cfg.label.batch_size  # the batches LabelComputer uses: convolution results depend on the batch
+    with torch.no_grad():
+        latents = torch.cat([vq.encode(x[i : i + step]).latents.float() for i in range(0, len(x), step)])
+    return nearest_codes(latents, codebook)
+
+
+@pytest.mark.slow
+def test_bf16_vq_flips_by_encoder_part(bf16_case):
+    """Which parts of the VQ-VAE encoder flip codes in bf16: prints the agreement with fp32 for each part alone
+    in bf16, each part alone kept fp32, and the first k parts kept fp32 (the table in docs/benchmarks.md)."""
+    from vlsa.labels.compute import LabelComputer
+
+    cfg, images, _ = bf16_case
+    x = to_unit_range(np.stack([prepare(image, LabelGeometry.from_config(cfg)).vq_rgb for image in images]))
+    reference = _codes_with_bf16_parts(cfg, x, set())
+    names = list(_encoder_parts(LabelComputer(cfg, device="cpu").vq))
+    computer = LabelComputer(cfg, device="cpu", precision="fp32", vq_precision="bf16")
+    step = cfg.label.batch_size
+    shipped = nearest_codes(torch.cat([computer.vq_latents(x[i : i + step]) for i in range(0, len(x), step)]),
+                            computer.codebook)
+    # the harness reproduces the shipped bf16 path exactly: the table measures what label.vq_precision=bf16 does
+    assert torch.equal(_codes_with_bf16_parts(cfg, x, set(names) - {"quant_conv"}), shipped)
+    fp32 = LabelComputer(cfg, device="cpu", precision="fp32")
+    assert torch.equal(reference, nearest_codes(fp32.vq_latents(x), fp32.codebook))  # fp32: any batching
+
+    def row(label: str, bf16: set[str]) -> float:
+        agree = (_codes_with_bf16_parts(cfg, x, bf16) == reference).double().mean().item()
+        print(f"{label:<44} {agree:8.2%}  {int(round((1 - agree) * reference.numel())):4d} of {reference.numel()}")
+        return agree
+
+    print()
+    row("all in bf16", set(names))
+    for name in names:
+        row(f"only {name} in bf16", {name})
+    for name in names:
+        row(f"all in bf16 but {name}", set(names) - {name})
+    for k in range(1, len(names)):
+        row(f"first {k} parts fp32 (to {names[k - 1]})", set(names[k:]))
+    assert row("all in fp32", set()) == 1.0

@@ -123,8 +123,8 @@ class LabelComputer:
         vq = build_vq(cfg)
         # the nearest-code search runs in fp32 against the exact codebook, whatever the encoder's dtype
         self.codebook = vq.quantize.embedding.weight.detach().float().to(self.device)  # (K, D)
-        self.vq = vq.to(self.device, self.vq_dtype)
-        self.vq.quant_conv.float()  # the 1x1 projection to the codebook space stays fp32: see vq_latents
+        vq.encoder.to(self.vq_dtype)  # only the encoder: quant_conv keeps its exact fp32 weights (see vq_latents)
+        self.vq = vq.to(self.device)
         self.vae = build_vae(cfg).to(self.device, self.dtype)
         self.shift = float(self.vae.config.shift_factor or 0.0)  # SD1/2-style VAEs have no shift
         self.scale = float(self.vae.config.scaling_factor)
