@@ -139,8 +139,9 @@ so one flipped index moves the agreement by 0.024% and the 99% bound allows 40 f
 BF16_VQ_AGREEMENT = 0.99
 """Share of VQ positions whose index the labels must keep when the VAE runs in bf16 (the VQ-VAE in fp32)."""
 BF16_VQ_ENCODER_AGREEMENT = 0.97
-"""The same with the VQ-VAE encoder in bf16 too (``label.vq_precision=bf16``): measured 98.1% here (76 of
-4,096 flipped), below the 99% bound; ``label.vq_precision=fp16`` meets it (below)."""
+"""The same with the VQ-VAE encoder in bf16 too (``label.vq_precision=bf16``): measured 98.24% here (72 of
+4,096 flipped), below the 99% goal, whichever single part stays fp32 (``test_bf16_vq_flips_by_encoder_part``);
+``label.vq_precision=fp16`` meets it (below)."""
 BF16_LATENT_REL_L2 = 0.03
 """Bound on ||z_bf16 - z_fp32|| / ||z_fp32|| over the test images' VAE latents (measured 1.9%)."""
 BF16_LATENT_MAX_ABS = 0.25

@@ -135,8 +135,9 @@ class LabelComputer:
         """(B, 3, S, S) in [-1, 1] -> (B, D, S/f, S/f) float32: the encoder latents the nearest-code search compares.
 
         ``VQModel.encode`` is its encoder then ``quant_conv``; composed here so the encoder's output is cast to
-        fp32 before ``quant_conv`` (kept fp32): the latents are not rounded once more to the encoder's dtype (in
-        bf16 that last rounding alone flips ~0.2% of the codes on the test images) for a negligible 1x1 convolution.
+        fp32 before ``quant_conv`` (kept fp32): the latents are not rounded once more to the encoder's dtype, for a
+        negligible 1x1 convolution (that rounding alone flips 0.24% of the codes on the test images; with the whole
+        encoder in bf16 keeping it fp32 saves only 3 of 75 flips: see docs/benchmarks.md).
         """
         features = self.vq.encoder(x.to(self.device, self.vq_dtype))  # (B, C, S/f, S/f)
         if not torch.isfinite(features).all():  # fp16's range is narrow: an overflow would give arbitrary codes
