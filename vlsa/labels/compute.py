@@ -123,20 +123,32 @@ class LabelComputer:
         vq = build_vq(cfg)
         # the nearest-code search runs in fp32 against the exact codebook, whatever the encoder's dtype
         self.codebook = vq.quantize.embedding.weight.detach().float().to(self.device)  # (K, D)
-        self.vq = vq.to(self.device, self.vq_dtype)
+        vq.encoder.to(self.vq_dtype)  # only the encoder: quant_conv keeps its exact fp32 weights (see vq_latents)
+        self.vq = vq.to(self.device)
         self.vae = build_vae(cfg).to(self.device, self.dtype)
         self.shift = float(self.vae.config.shift_factor or 0.0)  # SD1/2-style VAEs have no shift
         self.scale = float(self.vae.config.scaling_factor)
         self.model_seconds = 0.0
 
     @torch.no_grad()
+    def vq_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> (B, D, S/f, S/f) float32: the encoder latents the nearest-code search compares.
+
+        ``VQModel.encode`` is its encoder then ``quant_conv``; composed here so the encoder's output is cast to
+        fp32 before ``quant_conv`` (kept fp32): the latents are not rounded once more to the encoder's dtype, for a
+        negligible 1x1 convolution (that rounding alone flips 0.24% of the codes on the test images; with the whole
+        encoder in bf16 keeping it fp32 saves only 3 of 75 flips: see docs/benchmarks.md).
+        """
+        features = self.vq.encoder(x.to(self.device, self.vq_dtype))  # (B, C, S/f, S/f)
+        if not torch.isfinite(features).all():  # fp16's range is narrow: an overflow would give arbitrary codes
+            raise FloatingPointError(f"the VQ-VAE encoder overflowed in {self.vq_dtype} (non-finite latents); "
+                                     f"label with label.vq_precision=fp32")
+        return self.vq.quant_conv(features.float())
+
+    @torch.no_grad()
     def vq_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [-1, 1] -> (B, 4, q, q) codebook indices per quarter."""
-        latents = self.vq.encode(x.to(self.device, self.vq_dtype)).latents  # (B, D, S/f, S/f), after quant_conv
-        if not torch.isfinite(latents).all():  # fp16's range is narrow: an overflow would give arbitrary codes
-            raise FloatingPointError(f"the VQ-VAE encoder overflowed in {self.vq_dtype} (non-finite latents); "
-                                     f"label with label.vq_precision=fp32 or bf16")
-        return split_quarters(nearest_codes(latents, self.codebook)).cpu()
+        return split_quarters(nearest_codes(self.vq_latents(x), self.codebook)).cpu()
 
     @torch.no_grad()
     def vae_latents(self, x: torch.Tensor) -> torch.Tensor:
