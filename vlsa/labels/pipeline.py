@@ -169,7 +169,9 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
             "rows_per_shard": cfg.label.rows_per_shard}
     precision = {"vae": cfg.label.precision, "vq": cfg.label.vq_precision}
     if set(precision.values()) != {"fp32"}:  # one output never mixes precisions; fp32 outputs keep their old spec
-        spec["precision"] = precision
+        # the VQ-VAE's quant_conv runs in fp32 whatever the encoder's precision; naming it in the spec
+        # refuses to resume a half-labeled output made when it did not (other rounding in one output)
+        spec["precision"] = precision | {"vq_tail": "fp32"}
     ensure_spec(output, spec)
     done = completed_shards(output)
     pending = [k for k in range(len(shards)) if k not in done]
