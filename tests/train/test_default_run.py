@@ -32,6 +32,9 @@ def held_out_metrics(cwd: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason="not reached yet: shape and position stay at one answer each (README, "
+                   "'Shape, count and position'); strict, so a default that reaches the target fails here until "
+                   "this mark is removed")
 def test_the_default_run_answers_every_question_type_from_the_image(tmp_path, cache_dir):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     done = subprocess.run([sys.executable, str(REPO / "ray_jobs" / "train.py"), f"model.cache_dir={cache_dir}"],
