@@ -56,7 +56,9 @@ def test_default_run_generates_labels_trains_and_logs_held_out_accuracy(tmp_path
 @pytest.mark.slow
 @pytest.mark.integration
 def test_default_run_beats_the_image_blind_policy(tmp_path, cache_dir):
-    """The acceptance target of the embedded default, as shipped (about 8 minutes on 2 cores)."""
+    """The embedded default, as shipped, beats the image-blind policy by a clear margin (measured +0.30;
+    the per-type target is checked by tests/train/test_default_run.py)."""
     run_default(tmp_path, cache_dir, timeout=1800)
     metrics = logged_metrics(tmp_path)
-    assert metrics["eval_accuracy"] >= metrics["eval_blind_accuracy"] + 0.15, metrics
+    assert metrics["eval_accuracy"] >= metrics["eval_blind_accuracy"] + 0.25, metrics
+    assert metrics["eval_accuracy/color"] >= 0.9, metrics

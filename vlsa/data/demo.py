@@ -46,6 +46,16 @@ CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short caption of the i
 _PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 # single shapes are twice as likely, since half of them are asked for the position instead of the count
 _COUNT_WEIGHTS = np.array([2, 1, 1, 1]) / 5
+SINGLE_RADIUS = (0.2, 0.25)
+"""Radius of a single shape, as a fraction of the image's shorter side (drawn uniformly)."""
+MULTI_RADIUS = (0.38, 0.44)
+"""Radius of each of several shapes, as a fraction of half the shorter side (one shape per quadrant)."""
+MULTI_JITTER = 0.03
+"""Largest offset of a shape from its quadrant's centre, as a fraction of the image side."""
+BACKGROUND = (128, 129)
+"""Grey levels of the background (drawn uniformly, upper end excluded)."""
+DRAWING = 2
+"""Version of how scenes are drawn: a change redraws generated sets in place (and their labels are remade)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ def random_scene(rng: np.random.Generator, cfg: DemoConfig) -> Scene:
         shape=str(rng.choice(SHAPES)),
         count=count,
         position=str(rng.choice(POSITIONS)) if count == 1 else "",
-        background=int(rng.integers(95, 165)),
+        background=int(rng.integers(*BACKGROUND)),
         third=third,
     )
 
@@ -103,7 +113,7 @@ def balanced_scenes(rng: np.random.Generator, cfg: DemoConfig, n: int) -> list[S
             height=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
             color=colors[i], shape=shapes[i], count=counts[i],
             position=(next(positions) if i in asked else str(rng.choice(POSITIONS))) if counts[i] == 1 else "",
-            background=int(rng.integers(95, 165)),
+            background=int(rng.integers(*BACKGROUND)),
             third="position" if i in asked else "count",
         )
         for i in range(n)
@@ -128,15 +138,16 @@ def _placements(scene: Scene, rng: np.random.Generator) -> list[tuple[float, flo
     w, h = scene.width, scene.height
     if scene.count == 1:
         fx, fy = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}[scene.position]
-        r = min(w, h) * rng.uniform(0.15, 0.2)
+        r = min(w, h) * rng.uniform(*SINGLE_RADIUS)
         jitter = min(w, h) * 0.04
         return [(fx * w + rng.uniform(-jitter, jitter), fy * h + rng.uniform(-jitter, jitter), r)]
     cells = rng.permutation(4)[: scene.count]
-    r = min(w, h) / 2 * rng.uniform(0.28, 0.34)
+    r = min(w, h) / 2 * rng.uniform(*MULTI_RADIUS)
     out = []
     for cell in cells:
         x0, y0 = (cell % 2) * w / 2, (cell // 2) * h / 2
-        out.append((x0 + w / 4 + rng.uniform(-0.05, 0.05) * w, y0 + h / 4 + rng.uniform(-0.05, 0.05) * h, r))
+        jx, jy = rng.uniform(-MULTI_JITTER, MULTI_JITTER, size=2)
+        out.append((x0 + w / 4 + jx * w, y0 + h / 4 + jy * h, r))
     return out
 
 
@@ -205,7 +216,7 @@ def generate_demo(cfg: DemoConfig, out_dir: str | Path, seed: int = 0) -> DemoPa
     out = Path(out_dir).expanduser()
     paths = DemoPaths(str(out), str(out / "images"), str(out / "pretrain.json"), str(out / "instruct.json"),
                       str(out / "eval.jsonl"))
-    spec = {"config": asdict(cfg), "seed": seed, "version": 1}
+    spec = {"config": asdict(cfg), "seed": seed, "version": DRAWING}
     manifest = out / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("spec") == spec:
         return paths

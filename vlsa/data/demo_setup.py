@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vlsa.config import Config
-from vlsa.data.demo import DemoPaths, generate_demo
+from vlsa.data.demo import DRAWING, DemoPaths, generate_demo
 from vlsa.labels.pipeline import run_labeling
 from vlsa.labels.schema import label_identity
 
@@ -27,7 +27,7 @@ def labels_dir(cfg: Config, root: Path, data_file: str) -> str:
     """Labels of one data file, in a folder named by what the labels depend on: the label models and the
     drawn images (so a changed tokenizer-free config reuses them, and a changed VQ/VAE config or demo
     drawing, which redraws the images in place, does not)."""
-    depends = {"labels": label_identity(cfg), "demo": asdict(cfg.demo), "seed": cfg.train.seed}
+    depends = {"labels": label_identity(cfg), "demo": asdict(cfg.demo), "drawing": DRAWING, "seed": cfg.train.seed}
     key = hashlib.sha256(json.dumps(depends, sort_keys=True).encode()).hexdigest()[:10]
     return str(root / "labels" / f"{Path(data_file).stem}-{key}")
 
