@@ -72,3 +72,25 @@ def test_checkpointing_keeps_the_loss_and_gradients(tiny_model, two_image_batch)
     assert grads0.keys() == grads1.keys()
     for name, grad in grads0.items():
         torch.testing.assert_close(grads1[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointing_a_frozen_llm_keeps_its_embedding_matrix_out_of_the_backward(tiny_model, two_image_batch):
+    """LLM frozen as in Stage I: the gradients reach the projector through the LLM, never the embedding module."""
+    stage = load_config("tiny", ["train.stages.0.lr={projector: 1.0e-3, denoiser: 1.0e-3}"]).train.stages[0]
+    results = []
+    for parts in ([], ["llm"]):
+        model = copy.deepcopy(tiny_model).train()
+        apply_stage(model, stage)
+        enable_activation_checkpointing(model, parts)
+        embeddings = model.language_model.get_input_embeddings()
+        assert not embeddings(two_image_batch["input_ids"]).requires_grad
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            out = model(**two_image_batch)
+        out.loss.backward()
+        results.append((out.loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (loss0, grads0), (loss1, grads1) = results
+    torch.testing.assert_close(loss1, loss0)
+    assert grads0.keys() == grads1.keys() and any(n.startswith("projector.") for n in grads0)
+    for name, grad in grads0.items():
+        torch.testing.assert_close(grads1[name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from vlsa import tokens
 from vlsa.config import ModelConfig
@@ -36,17 +37,22 @@ BATCH_TENSORS = {
 
 
 @dataclass
-class VLSAOutput:
+class VLSAOutput(ModelOutput):
     """Losses (scalars; None when a part is off or has nothing to score) and the LLM logits (B, T, V)
-    (None when the LM loss is chunked: ``model.llm.loss_chunks``)."""
+    (None when the LM loss is chunked: ``model.llm.loss_chunks``).
 
-    loss: torch.Tensor | None
-    loss_lm: torch.Tensor | None
-    loss_rec: torch.Tensor | None
-    loss_vdep: torch.Tensor | None
-    loss_lm_sft: torch.Tensor | None
-    loss_lm_ssft: torch.Tensor | None
-    logits: torch.Tensor | None
+    A ``ModelOutput`` (a dict underneath), read by attribute like a dataclass: DeepSpeed ZeRO-3 finds
+    a module's output tensors only inside tuples, lists and dicts, and hooks them to run the module's
+    bookkeeping before its backward pass; a plain dataclass hides them (and DeepSpeed warns).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_lm: torch.Tensor | None = None
+    loss_rec: torch.Tensor | None = None
+    loss_vdep: torch.Tensor | None = None
+    loss_lm_sft: torch.Tensor | None = None
+    loss_lm_ssft: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 class VLSAModel(nn.Module):

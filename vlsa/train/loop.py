@@ -172,6 +172,11 @@ def enable_activation_checkpointing(model, parts) -> None:
     """Recompute the activations of ``parts`` (llm, vision, denoiser) in the backward pass (non-reentrant)."""
     if "llm" in parts:
         model.language_model.activation_checkpointing_enable()
+        # transformers also hooks the input embeddings to make their output require grad (for reentrant
+        # checkpointing of a model fed token ids). Checkpointing here is non-reentrant and the LLM is fed
+        # inputs_embeds, so the hook is not needed; with a frozen LLM it would put the embedding matrix in
+        # the backward pass, where ZeRO-3 gathers it whole again for no gradient.
+        model.language_model.disable_input_require_grads()
     if "vision" in parts:
         model.vision_tower.activation_checkpointing_enable()
     if "denoiser" in parts and model.recon_head is not None:
