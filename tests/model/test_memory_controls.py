@@ -56,41 +56,39 @@ def test_checkpointing_applies_to_the_named_parts_only(tiny_model):
     assert not other.recon_head.denoiser.gradient_checkpointing
 
 
-def test_checkpointing_keeps_the_loss_and_gradients(tiny_model, two_image_batch):
-    results = []
-    for parts in ([], ["llm", "vision", "denoiser"]):
-        model = copy.deepcopy(tiny_model).train()
-        apply_stage(model, load_config("tiny").train.stages[1])
-        enable_activation_checkpointing(model, parts)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(5)
-            out = model(**two_image_batch)
-        out.loss.backward()
-        results.append((out.loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    (loss0, grads0), (loss1, grads1) = results
+def loss_and_grads(tiny_model, stage, parts, batch):
+    """One seeded forward and backward of a copy of ``tiny_model`` set up for ``stage``, with ``parts``
+    recomputed: the loss, the gradients by parameter name, and the model."""
+    model = copy.deepcopy(tiny_model).train()
+    apply_stage(model, stage)
+    enable_activation_checkpointing(model, parts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        out = model(**batch)
+    out.loss.backward()
+    return out.loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, model
+
+
+def assert_same_loss_and_grads(plain, recomputed) -> None:
+    (loss0, grads0, _), (loss1, grads1, _) = plain, recomputed
     torch.testing.assert_close(loss1, loss0)
     assert grads0.keys() == grads1.keys()
     for name, grad in grads0.items():
         torch.testing.assert_close(grads1[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_checkpointing_keeps_the_loss_and_gradients(tiny_model, two_image_batch):
+    stage = load_config("tiny").train.stages[1]
+    assert_same_loss_and_grads(loss_and_grads(tiny_model, stage, [], two_image_batch),
+                               loss_and_grads(tiny_model, stage, ["llm", "vision", "denoiser"], two_image_batch))
+
+
 def test_checkpointing_a_frozen_llm_keeps_its_embedding_matrix_out_of_the_backward(tiny_model, two_image_batch):
-    """LLM frozen as in Stage I: the gradients reach the projector through the LLM, never the embedding module."""
+    """LLM frozen as in Stage I: the gradients reach the projector through the LLM, never the embedding module
+    (whose output does not require grad: ZeRO-3 would gather the whole matrix again in the backward pass)."""
     stage = load_config("tiny", ["train.stages.0.lr={projector: 1.0e-3, denoiser: 1.0e-3}"]).train.stages[0]
-    results = []
-    for parts in ([], ["llm"]):
-        model = copy.deepcopy(tiny_model).train()
-        apply_stage(model, stage)
-        enable_activation_checkpointing(model, parts)
-        embeddings = model.language_model.get_input_embeddings()
-        assert not embeddings(two_image_batch["input_ids"]).requires_grad
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(5)
-            out = model(**two_image_batch)
-        out.loss.backward()
-        results.append((out.loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    (loss0, grads0), (loss1, grads1) = results
-    torch.testing.assert_close(loss1, loss0)
-    assert grads0.keys() == grads1.keys() and any(n.startswith("projector.") for n in grads0)
-    for name, grad in grads0.items():
-        torch.testing.assert_close(grads1[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    plain = loss_and_grads(tiny_model, stage, [], two_image_batch)
+    assert any(n.startswith("projector.") for n in plain[1])
+    recomputed = loss_and_grads(tiny_model, stage, ["llm"], two_image_batch)
+    assert_same_loss_and_grads(plain, recomputed)
+    assert not recomputed[2].language_model.get_input_embeddings()(two_image_batch["input_ids"]).requires_grad

@@ -3,37 +3,16 @@ trains both tiny stages on a local Ray instance, evaluates the held-out split an
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.default_run import logged_metrics, run_default
+
 # A miniature of the default run: few images and two steps per stage; everything else as shipped.
 SMALL = ("demo.train_images=16", "demo.eval_images=8", "train.stages.0.max_steps=2", "train.stages.1.max_steps=2",
          "label.rows_per_shard=8")
-
-
-def run_default(cwd: Path, cache_dir: str, *overrides: str, timeout: int) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    done = subprocess.run([sys.executable, str(REPO / "ray_jobs" / "train.py"), f"model.cache_dir={cache_dir}",
-                           *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    return done.stdout
-
-
-def logged_metrics(cwd: Path) -> dict[str, float]:
-    """The metrics of the one job run in the default local store (``./mlruns``)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if "mlflow.parentRunId" not in r.data.tags]
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    return runs[0].data.metrics
 
 
 @pytest.mark.integration
