@@ -106,10 +106,18 @@ def test_dotted_overrides_reach_nested_fields_and_list_items():
     assert load_config("tiny", {"train.stages.0.w_rec": 0.25}).train.stages[0].w_rec == 0.25
 
 
+def test_exponent_floats_without_a_dot_are_numbers():
+    # YAML 1.1 reads 2e-5 as a string; a learning rate typed that way must still be a float
+    cfg = load_config("tiny", ["train.stages.1.lr.llm=2e-5", "train.stages.0.weight_decay=1e-2"])
+    assert cfg.train.stages[1].lr["llm"] == 2e-5 and isinstance(cfg.train.stages[1].lr["llm"], float)
+    assert cfg.train.stages[0].weight_decay == 0.01
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
         ("train.stages.0.lrr=1", "unknown keys ['lrr']"),
+        ("train.stages.1.lr.llm=fast", "train.stages.1.lr.llm: expected float, got 'fast'"),
         ("model.projector.type=mlp", "model.projector.type='mlp'"),
         ("train.stages.5.w_rec=1", "'5' is not an index of a list of 2"),
         ("train.stages.0.global_batch=abc", "expected int, got 'abc'"),

@@ -776,6 +776,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _float_literal(value: str, where: str) -> float:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` and ``2e-5``, written without a dot, as strings: accept them as numbers."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected float, got {value!r}") from None
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -788,9 +796,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        _, item = typing.get_args(hint)
+        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        return _float_literal(value, where)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     if hint is int and isinstance(value, bool):
