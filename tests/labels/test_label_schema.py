@@ -7,9 +7,9 @@ from label_helpers import label_config
 
 from vlsa.config import ConfigError
 from vlsa.io.records import validate_all
-from vlsa.labels.pipeline import PoolPlan, plan_pool
+from vlsa.labels.pipeline import PoolPlan, label_spec, plan_pool
 from vlsa.labels.schema import SCHEMA_VERSION, LabelsMismatch, check_manifest, label_identity
-from vlsa.labels.shards import Item, fingerprint, items_of, plan_shards
+from vlsa.labels.shards import Item, ensure_spec, fingerprint, items_of, plan_shards
 
 
 def _manifest(cfg) -> dict:
@@ -109,3 +109,18 @@ def test_pool_needs_cpus_and_label_config_is_checked():
         plan_pool({"GPU": 1}, label_config("/tmp/unused").label, 1)
     with pytest.raises(ConfigError, match="label.rows_per_shard must be > 0, got 0"):
         label_config("/tmp/unused", "label.rows_per_shard=0")
+
+
+def test_a_half_precision_output_from_before_the_fp32_vq_tail_is_not_resumed(label_cfg, tmp_path):
+    items = [Item(f"r{i}", f"{i}.png") for i in range(4)]
+    bf16 = label_cfg.with_overrides({"label.vq_precision": "bf16"})
+    spec = label_spec(bf16, items)
+    assert spec["precision"] == {"vae": label_cfg.label.precision, "vq": "bf16", "vq_tail": "fp32"}
+    assert "precision" not in label_spec(label_cfg, items)  # fp32 outputs keep the spec they always had
+    earlier = {k: v for k, v in spec.items() if k != "precision"} | {
+        "precision": {"vae": label_cfg.label.precision, "vq": "bf16"}}  # written before quant_conv stayed fp32
+    ensure_spec(str(tmp_path), earlier)
+    with pytest.raises(LabelsMismatch, match="vq_tail"):
+        ensure_spec(str(tmp_path), spec)
+    ensure_spec(str(tmp_path / "new"), spec)
+    ensure_spec(str(tmp_path / "new"), label_spec(bf16, items))  # the same run resumes

@@ -151,6 +151,18 @@ def record_rejects(records: list[Record], rejected_images: dict[str, str]) -> di
     return out
 
 
+def label_spec(cfg: Config, items: list[Item]) -> dict[str, Any]:
+    """What one labeling output is made of: a run resumes an output only when this is unchanged."""
+    spec = {"identity": label_identity(cfg), "items": len(items), "fingerprint": fingerprint(items),
+            "rows_per_shard": cfg.label.rows_per_shard}
+    precision = {"vae": cfg.label.precision, "vq": cfg.label.vq_precision}
+    if set(precision.values()) != {"fp32"}:  # one output never mixes precisions; fp32 outputs keep their old spec
+        # the VQ-VAE's quant_conv runs in fp32 whatever the encoder's precision; naming it in the spec
+        # refuses to resume a half-labeled output made when it did not (other rounding in one output)
+        spec["precision"] = precision | {"vq_tail": "fp32"}
+    return spec
+
+
 def run_labeling(cfg: Config, data: str, image_root: str, output: str,
                  log: Callable[[str], None] = logger.info, allow_duplicate_ids: bool = False) -> dict[str, Any]:
     """Label every image of ``data`` into ``output`` (local or ``s3://``); returns the run summary.
@@ -165,13 +177,7 @@ def run_labeling(cfg: Config, data: str, image_root: str, output: str,
     shards = plan_shards(items, cfg.label.rows_per_shard)
     geometry = LabelGeometry.from_config(cfg)
     _check_shard_size(geometry, cfg.label.rows_per_shard)
-    spec = {"identity": label_identity(cfg), "items": len(items), "fingerprint": fingerprint(items),
-            "rows_per_shard": cfg.label.rows_per_shard}
-    precision = {"vae": cfg.label.precision, "vq": cfg.label.vq_precision}
-    if set(precision.values()) != {"fp32"}:  # one output never mixes precisions; fp32 outputs keep their old spec
-        # the VQ-VAE's quant_conv runs in fp32 whatever the encoder's precision; naming it in the spec
-        # refuses to resume a half-labeled output made when it did not (other rounding in one output)
-        spec["precision"] = precision | {"vq_tail": "fp32"}
+    spec = label_spec(cfg, items)
     ensure_spec(output, spec)
     done = completed_shards(output)
     pending = [k for k in range(len(shards)) if k not in done]
