@@ -6,9 +6,10 @@ every mapped block freed (up to 32 MiB), so once a training process has freed it
 tensors up to that size come from the heap. Freed there, they leave holes below smaller blocks still in
 use (only the heap's top is returned), and the holes stay resident. On CPU this is most of what a ZeRO-3
 step added to a worker's resident memory: with a fixed 1 MiB threshold a frozen, recomputed 1.0B LLM
-still fragmented it with each layer's 208-624 KiB tensors (keys, values and their rotary embedding), to
-0.47 GiB of free heap at 36 layers (docs/benchmarks.md, ZeRO-3 build memory). Fixing the threshold at
-glibc's starting value keeps every tensor of 128 KiB or more in its own mapping for the whole run.
+still fragmented it with each layer's 104-624 KiB tensors (hidden states, keys, values at a batch of
+104 tokens), to 0.47 GiB of free heap at 36 layers (docs/benchmarks.md, ZeRO-3 build memory). Fixing
+the threshold at glibc's starting value keeps every tensor of 128 KiB or more in its own mapping for
+the whole run.
 
 glibc reads the variables when a process starts, so they are set in the environment that starts the
 workers (Ray's ``runtime_env``), not by the worker itself.
