@@ -4,9 +4,9 @@ glibc serves a request from its heap unless it is at least ``M_MMAP_THRESHOLD``,
 of its own, unmapped when freed. The threshold starts at 128 KiB, but glibc raises it to the size of
 every mapped block freed (up to 32 MiB), so once a training process has freed its first large tensor,
 tensors up to that size come from the heap. Freed there, they leave holes below smaller blocks still in
-use (only the heap's top is returned), and the holes stay resident. On CPU this is most of what a ZeRO-3
-step added to a worker's resident memory: with a fixed 1 MiB threshold a frozen, recomputed 1.0B LLM
-still fragmented it with each layer's 104-624 KiB tensors (hidden states, keys, values at a batch of
+use (only the heap's top is returned), and the holes stay resident. On CPU this was half of what a
+ZeRO-3 step added to a worker's peak: with a fixed 1 MiB threshold a frozen, recomputed 1.0B LLM still
+fragmented it with each layer's 104-624 KiB tensors (hidden states, keys, values at a batch of
 104 tokens), to 0.47 GiB of free heap at 36 layers (docs/benchmarks.md, ZeRO-3 build memory). Fixing
 the threshold at glibc's starting value keeps every tensor of 128 KiB or more in its own mapping for
 the whole run.
