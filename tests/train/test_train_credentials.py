@@ -1,5 +1,6 @@
 """Credentials stay on the nodes: a run whose node environment holds (canary) secrets leaves no trace of
-them in Ray's session folder, MLflow or the run folder, and the workers still see them from their node."""
+them in Ray's session folder, MLflow or the run folder, and the workers still see them from their node
+(and start with the allocator settings the driver gives them)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from train_helpers import small_config
 
 from tests.services import patched_environ
 from tests.tracking_db import sqlite_tracking_uri
+from vlsa.train.allocator import WORKER_ALLOCATOR
 from vlsa.train.driver import FORWARDED_ENV, train, worker_env
 from vlsa.train.loop import Hooks, train_worker
 
@@ -39,6 +41,10 @@ def _node_env_hook(flags: Path) -> Hooks:
     def after_step(info) -> None:
         seen = sorted(k for k, v in CANARIES.items() if os.environ.get(k) == v)
         (flags / f"rank{info.rank}").write_text(",".join(seen))
+        # the environment the process was started with, which glibc's allocator settings are read from
+        started = Path("/proc/self/environ").read_bytes().split(b"\0")
+        allocator = sorted(k for k, v in WORKER_ALLOCATOR.items() if f"{k}={v}".encode() in started)
+        (flags / f"allocator{info.rank}").write_text(",".join(allocator))
 
     return Hooks(after_step=after_step)
 
@@ -81,13 +87,14 @@ def test_a_run_leaves_no_trace_of_node_credentials(train_demo, train_labels, cac
                        extra=("train.checkpoint_every=0", "run.mlflow.experiment=canary"))
     try:
         # The node's environment (what cluster files, an instance role or a secret provide) holds them.
-        with patched_environ(CANARIES):
+        with patched_environ(CANARIES, unset=tuple(WORKER_ALLOCATOR)):
             ray.init(num_cpus=4, include_dashboard=False, _temp_dir=str(ray_dir))
             try:
                 train(cfg, train_fn=functools.partial(train_worker, hooks=_node_env_hook(flags)))
             finally:
                 ray.shutdown()
         assert (flags / "rank0").read_text() == ",".join(sorted(CANARIES))  # the workers have them
+        assert (flags / "allocator0").read_text() == ",".join(sorted(WORKER_ALLOCATOR))  # set at process start
         needles = [v.encode() for v in CANARIES.values()]
         assert _files_with(ray_dir, needles) == {}
         assert _files_with(tmp_path, needles) == {}  # MLflow's database, the run folder

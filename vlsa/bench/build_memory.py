@@ -5,7 +5,7 @@ here; no Ray). Each worker does what a training worker does at a stage start: ``
 trainer (the model built partitioned under ``deepspeed.zero.Init``, the stage-start weights read
 from the previous stage's ``model.safetensors``, each rank its own slices, then
 ``deepspeed.initialize``), then ``STEPS`` optimizer steps of ``train_step`` on a synthetic batch of
-``bench.batch`` samples per worker, with glibc returning large freed blocks (``ALLOCATOR``). Peak
+``bench.batch`` samples per worker, with the trainer's workers' glibc settings (``ALLOCATOR``). Peak
 resident set (``VmHWM``, the same as ``ru_maxrss``) is read after the build and after the steps, so
 the build's own peak is visible too. The stage-start
 weights are written beforehand by one separate process from a plain build (its peak is reported,
@@ -33,6 +33,7 @@ from vlsa.model import weights
 from vlsa.model.builder import build_model
 from vlsa.model.params import apply_stage
 from vlsa.train import state as train_state
+from vlsa.train.allocator import WORKER_ALLOCATOR
 from vlsa.train.checkpoint import WEIGHTS
 from vlsa.train.loop import Worker, build_engine
 from vlsa.train.step import train_step
@@ -42,11 +43,9 @@ WORLDS = (1, 2)
 STEPS = 2
 """Optimizer steps per worker: the first records ZeRO-3's parameter trace, the second prefetches by it."""
 GOAL = 0.65
-ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
-"""glibc settings of the workers: every block of 1 MiB or more is its own mapping, returned to the system
-when freed. Without it the heap keeps what the build's and the gathers' temporaries once used (full-size
-tensors partitioned right after creation, all-gather buffers), and the resident set shows that instead
-of the memory in use."""
+ALLOCATOR = WORKER_ALLOCATOR
+"""glibc settings of the workers: those of the trainer's workers (``vlsa.train.allocator``), every block of
+128 KiB or more its own mapping, returned to the system when freed."""
 
 
 def _status_kib(field: str) -> int:

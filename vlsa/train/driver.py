@@ -27,6 +27,7 @@ from vlsa.config import Config, ConfigError, check_batches
 from vlsa.io import storage, tracking
 from vlsa.io.environ import patched_environ
 from vlsa.train import checkpoint as ckpt
+from vlsa.train.allocator import allocator_env
 from vlsa.train.loop import JobInfo, make_plan, train_worker
 from vlsa.train.prepare import prepare_stages
 
@@ -67,8 +68,8 @@ def resolve(cfg: Config) -> Config:
 
 
 def worker_env() -> dict[str, str]:
-    """The forwarded environment variables that are set here."""
-    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    """The workers' allocator settings (``vlsa.train.allocator``) and the forwarded variables that are set here."""
+    return allocator_env() | {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
 def build_trainer(cfg: Config, job, train_fn: Callable | None = None):
