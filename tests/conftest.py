@@ -70,6 +70,15 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def pytest_unconfigure(config):
+    """The last thing a test process does: its objects are left out of the garbage collections of the
+    interpreter's shutdown, which otherwise spends about a second per process walking the heap that torch,
+    transformers and the other libraries built (nothing of the run is left to finalize by then)."""
+    import gc
+
+    gc.freeze()
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One model cache per test session: tiny components are built and saved once."""
