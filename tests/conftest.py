@@ -58,6 +58,27 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def pytest_configure(config):
+    """An xdist worker computes with its share of the cores: torch's default (one OpenMP thread per core in
+    every worker) oversubscribes the machine, and the waiting threads spin: the labeling precision tests took
+    about four times the CPU time with two threads in each of two workers on 2 cores. Processes the tests
+    start (Ray workers, subprocesses) keep their own settings."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_unconfigure(config):
+    """The last thing a test process does: its objects are left out of the garbage collections of the
+    interpreter's shutdown, which otherwise spends about a second per process walking the heap that torch,
+    transformers and the other libraries built (nothing of the run is left to finalize by then)."""
+    import gc
+
+    gc.freeze()
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One model cache per test session: tiny components are built and saved once."""

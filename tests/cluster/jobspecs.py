@@ -14,9 +14,7 @@ import shlex
 from dataclasses import dataclass
 from functools import cache
 
-import yaml
-
-from tests.cluster.manifests import CLUSTER, ROOT, kuberay_documents
+from tests.cluster.manifests import CLUSTER, ROOT, kuberay_documents, yaml_documents
 
 # What EC2 documents for the A100 instance types; Ray names the GPU sizes A100-40G / A100-80G.
 NODE_TYPES = {
@@ -84,7 +82,7 @@ def kuberay_groups(cluster_spec: dict, size: str) -> tuple[NodeGroup, ...]:
 
 
 def launcher_groups() -> tuple[NodeGroup, ...]:
-    config = yaml.safe_load(LAUNCHER.read_text())
+    (config,) = yaml_documents(LAUNCHER)
     groups = []
     for name, node in config["available_node_types"].items():
         if name == config["head_node_type"]:
@@ -147,7 +145,7 @@ def _cluster_of_heading(line: str) -> str | None:
 
 
 def _raycluster_groups() -> tuple[NodeGroup, ...]:
-    doc = yaml.safe_load(RAYCLUSTER.read_text())
+    (doc,) = yaml_documents(RAYCLUSTER)
     return kuberay_groups(doc["spec"], "maxReplicas")
 
 

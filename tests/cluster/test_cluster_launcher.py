@@ -6,15 +6,15 @@ import copy
 
 import jsonschema
 import pytest
-import yaml
 
-from tests.cluster.manifests import CLUSTER, launcher_configs, ray_schema
+from tests.cluster.manifests import CLUSTER, launcher_configs, ray_schema, yaml_documents
 
 AWS = CLUSTER / "aws" / "vlsa-a100.yaml"
 
 
 def _load(path=AWS) -> dict:
-    return yaml.safe_load(path.read_text())
+    (config,) = yaml_documents(path)
+    return config
 
 
 def test_the_aws_config_is_found_as_a_launcher_config():

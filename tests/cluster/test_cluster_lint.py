@@ -5,13 +5,12 @@ reader, safetensors for saved weights."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from tests.cluster.lint import (
     ALLOW, cluster_config_auth_problems, find_secrets, is_cluster_config, repository_files, unsafe_deepspeed_loads,
     unsafe_torch_loads, unsafe_weight_saves,
 )  # fmt: skip
-from tests.cluster.manifests import ROOT
+from tests.cluster.manifests import ROOT, yaml_documents
 
 # ---- the scanners can fail: they flag what they exist to flag ----
 
@@ -79,7 +78,7 @@ def test_every_cluster_config_turns_token_auth_on():
         (path, doc)
         for path in repository_files()
         if path.suffix in (".yaml", ".yml")
-        for doc in yaml.safe_load_all(path.read_text())
+        for doc in yaml_documents(path)
         if is_cluster_config(doc)
     ]
     assert len(docs) >= 5, "the launcher config, the RayCluster and three RayJobs"

@@ -112,12 +112,13 @@ def test_a_missing_conversion_package_is_an_error_naming_it(vicuna_dir, cache_di
 def test_a_failed_conversion_names_the_missing_package(vicuna_dir, cache_dir):
     """As for a hub name, whose files only transformers sees: the folder check is skipped and the
     conversion's own failure (about tiktoken) is reported as the missing package. Each package in a fresh
-    process, so no earlier load has the conversion's modules imported already (both at once: half the wait)."""
+    process, so no earlier load has the conversion's modules imported already (both at once: half the wait).
+    Loading a tokenizer needs no torch: it is kept out of these processes, whose start-up it would triple."""
     env = {**os.environ, "PYTHONPATH": str(Path(vlsa.__file__).parents[1])}
     runs = {}
     for module, package in (("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")):
         code = (
-            f"import sys; sys.modules[{module!r}] = None\n"
+            f"import sys; sys.modules[{module!r}] = None; sys.modules['torch'] = None\n"
             "from vlsa.config import TokenizerConfig\n"
             "from vlsa.model import tokenizer\n"
             "tokenizer.check_conversion_packages = lambda source: None\n"

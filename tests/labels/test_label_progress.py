@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
-from mlflow import MlflowClient
-
 import vlsa
 from vlsa.labels.progress import log_to_mlflow
 from tests.tracking_db import sqlite_tracking_uri
@@ -17,6 +14,9 @@ SUMMARY = {"labeled": 7, "rejected": 2, "images_per_s": 3.25, "busy_fraction": N
 
 
 def test_summary_is_logged_through_an_explicit_client(tmp_path):
+    import mlflow  # here, not at the top: a test process that runs no tracking test never imports it
+    from mlflow import MlflowClient
+
     uri = sqlite_tracking_uri(tmp_path)
     cfg = vlsa.load_config("tiny", [f"run.mlflow.tracking_uri={uri}", "run.name=demo", "label.rows_per_shard=4"])
     before = mlflow.get_tracking_uri()
@@ -40,6 +40,8 @@ def test_nothing_is_logged_without_a_tracking_uri(monkeypatch):
 
 
 def test_a_second_run_joins_the_same_experiment(tmp_path):
+    from mlflow import MlflowClient
+
     uri = sqlite_tracking_uri(tmp_path)
     cfg = vlsa.load_config("tiny", [f"run.mlflow.tracking_uri={uri}", "run.mlflow.experiment=labels"])
     first, second = log_to_mlflow(cfg, SUMMARY, {}), log_to_mlflow(cfg, SUMMARY, {})

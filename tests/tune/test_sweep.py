@@ -13,15 +13,12 @@ import csv
 import importlib.util
 import io
 import json
-import os
 import shlex
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ray.tune import Callback
 
 from tests.tune.conftest import shrunk
 from tune_spaces import build_space
@@ -34,21 +31,6 @@ from vlsa.tune.tracking import ATTEMPTS_TAG, trial_runs
 REPO = Path(__file__).resolve().parents[2]
 ROWS = ["pixels off, indices off", "pixels on, indices off"]
 EXPERIMENT = "tune-tests"
-
-
-class InterruptOnFirstResult(Callback):
-    """Sends this process SIGINT when trial ``variant`` reports, while ``flag`` exists (deleted on firing).
-
-    Tune keeps its callbacks in the saved sweep; the flag keeps the restored sweep from firing again.
-    """
-
-    def __init__(self, variant: str, flag: Path) -> None:
-        self.variant, self.flag = variant, flag
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if trial.config["tune.variant"] == self.variant and self.flag.exists():
-            self.flag.unlink()
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @dataclass
@@ -95,6 +77,8 @@ def steps(uri: str, run_id: str, key: str = "loss") -> list[int]:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, local_ray, mlflow_server, cache_dir) -> Scenario:
+    from tests.tune.interrupt import InterruptOnFirstResult  # imports Ray Tune: here, not while collecting
+
     uri, root = mlflow_server, tmp_path_factory.mktemp("sweep")
     overrides = shrunk(root, uri, cache_dir, "tune.metric=eval_accuracy", "tune.mode=max",
                        "tune.max_concurrent=1", f"run.mlflow.experiment={EXPERIMENT}")
