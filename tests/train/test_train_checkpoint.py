@@ -193,3 +193,5 @@ def test_a_ray_snapshot_naming_checkpoints_from_an_older_version_is_dropped(tmp_
     old = {"checkpoint_results": [{"checkpoint_dir_name": "00_stage1_step00000001"}], "current_report_index": 2}
     (tmp_path / RAY_SNAPSHOT).write_text(json.dumps(old))
     assert forget_ray_checkpoints(str(tmp_path)) and not (tmp_path / RAY_SNAPSHOT).exists()
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps(old)[:17])  # a driver killed while Ray wrote it
+    assert forget_ray_checkpoints(str(tmp_path)) and not (tmp_path / RAY_SNAPSHOT).exists()

@@ -124,15 +124,20 @@ def check_resume(cfg: Config, run: str) -> ckpt.CheckpointInfo | None:
 
 def forget_ray_checkpoints(run: str) -> bool:
     """Delete Ray Train's run snapshot when it names checkpoints (runs saved by older versions of this
-    project reported them); ours are found from the manifests, and a snapshot naming a pruned folder
-    makes Ray refuse the run directory. Returns whether it was deleted."""
+    project reported them) or cannot be read (Ray writes it in place, so a driver killed meanwhile leaves
+    it cut short); ours are found from the manifests, and Ray refuses a run directory whose snapshot
+    names a pruned folder or is not JSON. Returns whether it was deleted."""
     import json
 
     path = storage.join(run, RAY_SNAPSHOT)
     if not storage.exists(path):
         return False
-    snapshot = json.loads(storage.read_bytes(path))
-    if not (snapshot.get("checkpoint_results") or snapshot.get("latest_checkpoint_result")):
+    try:
+        snapshot = json.loads(storage.read_bytes(path))
+    except ValueError:  # cut short: it named no checkpoint of ours anyway
+        snapshot = {"unreadable": True}
+    if not (snapshot.get("checkpoint_results") or snapshot.get("latest_checkpoint_result")
+            or snapshot.get("unreadable")):
         return False
     filesystem, fs_path = storage.pyarrow_filesystem(path)
     if filesystem is None:
