@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """``yaml.safe_load``'s loader on libyaml's parser where PyYAML has it: the same objects, a tenth of the time
 (configs are loaded in every job, test and sweep point)."""
 
@@ -822,7 +822,7 @@ def _read_yaml(preset_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any
         path = PRESET_DIR / f"{preset_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"no preset or config file {preset_or_path!r}; presets: {list_presets()}")
-    data = yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}
+    data = yaml.load(path.read_text(), Loader=YAML_LOADER) or {}
     base = data.pop("base", None)
     if base is None:
         return data

@@ -12,13 +12,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from vlsa.config import YAML_LOADER
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 KUBERAY_KINDS = {"RayCluster", "RayJob", "RayService"}
 KUBERAY_RELEASE = "v1.7.0"
 KUBERAY_DATA = Path(__file__).parent / "data" / f"kuberay-{KUBERAY_RELEASE}"
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""``yaml.safe_load``'s loader on libyaml's parser where PyYAML has it (the same objects, ten times faster)."""
 
 
 def yaml_documents(path: Path) -> list:
