@@ -606,6 +606,31 @@ class EvalConfig:
 
 
 @dataclass
+class DemoTowerConfig:
+    """Contrastive image-caption pretraining of the demo's random vision tower (``vlsa.data.demo_tower``):
+    a real run starts from a pretrained CLIP, the ``tiny`` preset's tower starts random."""
+
+    epochs: int = 8
+    """Epochs of pretraining before the stages run; 0 keeps the random tower. Unused when
+    ``model.vision.path`` names a tower."""
+    images: int = 3000
+    """Freshly drawn scenes (neither training nor held-out images) the tower is pretrained on."""
+    batch: int = 64
+    """Scene-caption pairs per contrastive step."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"demo.tower.epochs must be >= 0, got {self.epochs}")
+        _check_positive("demo.tower.batch", self.batch)
+        _check_positive("demo.tower.lr", self.lr)
+        if self.epochs and self.images < self.batch:
+            raise ConfigError(f"demo.tower.images ({self.images}) must hold at least one batch "
+                              f"(demo.tower.batch {self.batch})")
+
+
+@dataclass
 class DemoConfig:
     """The generated demo dataset used by the embedded default."""
 
@@ -617,6 +642,8 @@ class DemoConfig:
     """Smallest image side in pixels."""
     max_side: int = 96
     """Largest image side in pixels."""
+    tower: DemoTowerConfig = field(default_factory=DemoTowerConfig)
+    """Pretraining of the random vision tower before the stages (not part of the drawn data)."""
 
     def __post_init__(self) -> None:
         _check_positive("demo.min_side", self.min_side)

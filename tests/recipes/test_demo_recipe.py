@@ -12,7 +12,7 @@ from tests.default_run import logged_metrics, run_default
 
 # A miniature of the default run: few images and two steps per stage; everything else as shipped.
 SMALL = ("demo.train_images=16", "demo.eval_images=8", "train.stages.0.max_steps=2", "train.stages.1.max_steps=2",
-         "label.rows_per_shard=8")
+         "label.rows_per_shard=8", "demo.tower.images=32", "demo.tower.batch=16", "demo.tower.epochs=1")
 
 
 @pytest.mark.integration
@@ -30,6 +30,8 @@ def test_default_run_generates_labels_trains_and_logs_held_out_accuracy(tmp_path
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     labels = list((tmp_path / "demo_data" / "labels").glob("instruct-*/manifest.json"))
     assert len(labels) == 1  # Stage II's SSFT turns were labeled; Stage I (no SSFT) needs none
+    towers = list((tmp_path / "demo_data" / "towers").glob("clip-*/config.json"))
+    assert len(towers) == 1 and "vision tower pretraining: epoch 1/1" in out  # the stages started from it
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """The acceptance target of the embedded default: ``python ray_jobs/train.py`` with no arguments, as shipped
 (both tiny stages on Ray Train + DeepSpeed, labels from the Ray Data job), sees the image: held-out
-accuracy >= 0.80 overall and >= 0.60 on each question type. One whole default run: several minutes on
-2 cores, so slow tier; its wall time is measured in the README, not here."""
+accuracy >= 0.80 overall and >= 0.60 on each question type (measured 0.938: colour 1.00, count 0.98,
+position 0.93, shape 0.84). One whole default run: several minutes on 2 cores, so slow tier; its wall time
+is measured in the README, not here."""
 
 from __future__ import annotations
 
@@ -17,9 +18,6 @@ OVERALL, PER_TYPE = 0.80, 0.60
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="not reached yet: shape and position stay at one answer each (README, "
-                   "'Shape, count and position'); strict, so a default that reaches the target fails here until "
-                   "this mark is removed")
 def test_the_default_run_answers_every_question_type_from_the_image(tmp_path, cache_dir):
     out = run_default(tmp_path, cache_dir, timeout=3600)
     assert re.search(r"held-out accuracy ([\d.]+) \(image-blind baseline ([\d.]+)", out), out[-3000:]

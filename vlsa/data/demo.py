@@ -44,8 +44,10 @@ QUESTIONS = {
 SHORT = "Answer the question using a single word or phrase."
 CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short caption of the image.", "What does the image show?")
 _PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
-# single shapes are twice as likely, since half of them are asked for the position instead of the count
-_COUNT_WEIGHTS = np.array([2, 1, 1, 1]) / 5
+POSITION_SHARE = 0.75
+"""Share of the single shapes of the training split asked for their position instead of their count."""
+# single shapes are as much likelier as keeps the count answers balanced: 1 / (1 - POSITION_SHARE) times
+_COUNT_WEIGHTS = np.array([1 / (1 - POSITION_SHARE), 1, 1, 1]) / (3 + 1 / (1 - POSITION_SHARE))
 SINGLE_RADIUS = (0.2, 0.25)
 """Radius of a single shape, as a fraction of the image's shorter side (drawn uniformly)."""
 MULTI_RADIUS = (0.38, 0.44)
@@ -54,7 +56,7 @@ MULTI_JITTER = 0.03
 """Largest offset of a shape from its quadrant's centre, as a fraction of the image side."""
 BACKGROUND = (128, 129)
 """Grey levels of the background (drawn uniformly, upper end excluded)."""
-DRAWING = 2
+DRAWING = 3
 """Version of how scenes are drawn: a change redraws generated sets in place (and their labels are remade)."""
 
 
@@ -87,7 +89,7 @@ class Scene:
 def random_scene(rng: np.random.Generator, cfg: DemoConfig) -> Scene:
     """A scene with independent uniform attributes (counts weighted, see ``_COUNT_WEIGHTS``)."""
     count = int(rng.choice(4, p=_COUNT_WEIGHTS)) + 1
-    third = "position" if count == 1 and rng.random() < 0.5 else "count"
+    third = "position" if count == 1 and rng.random() < POSITION_SHARE else "count"
     return Scene(
         width=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
         height=int(rng.integers(cfg.min_side, cfg.max_side + 1)),
@@ -216,7 +218,7 @@ def generate_demo(cfg: DemoConfig, out_dir: str | Path, seed: int = 0) -> DemoPa
     out = Path(out_dir).expanduser()
     paths = DemoPaths(str(out), str(out / "images"), str(out / "pretrain.json"), str(out / "instruct.json"),
                       str(out / "eval.jsonl"))
-    spec = {"config": asdict(cfg), "seed": seed, "version": DRAWING}
+    spec = {"config": drawing_spec(cfg), "seed": seed, "version": DRAWING}
     manifest = out / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("spec") == spec:
         return paths
@@ -230,6 +232,11 @@ def generate_demo(cfg: DemoConfig, out_dir: str | Path, seed: int = 0) -> DemoPa
     counts = {"train_images": len(train), "pretrain": len(pretrain), "instruct": len(instruct), "eval": len(questions)}
     _write_json(manifest, {"spec": spec, "counts": counts})
     return paths
+
+
+def drawing_spec(cfg: DemoConfig) -> dict:
+    """The settings the drawn data set depends on (the tower pretraining settings are not among them)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "tower"}
 
 
 def resolve_data(data: DataConfig, demo: DemoConfig, out_dir: str | Path, seed: int = 0) -> DataConfig:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlsa.model.encoding import _check_image, _normalise, vision_norm
+from vlsa.model.encoding import _check_image, normalise, vision_norm
 
 Grid = tuple[int, int]  # (rows, cols) of tiles
 
@@ -110,8 +110,8 @@ class AnyResEncoder:
         base = np.asarray(image.resize((s, s), Image.BICUBIC), dtype=np.uint8)
         padded = np.asarray(resize_and_pad(image, rows * s, cols * s), dtype=np.uint8)  # (rows*s, cols*s, 3)
         tiles = padded.reshape(rows, s, cols, s, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, s, s, 3)
-        pixel_hi = torch.stack([_normalise(tile, self.mean, self.std) for tile in tiles])  # (m, 3, s, s)
-        return _normalise(base, self.mean, self.std), pixel_hi
+        pixel_hi = torch.stack([normalise(tile, self.mean, self.std) for tile in tiles])  # (m, 3, s, s)
+        return normalise(base, self.mean, self.std), pixel_hi
 
     def num_tiles(self, width: int, height: int) -> int:
         """m for an image of this size."""

@@ -69,7 +69,7 @@ def padded_canvas(image: Image.Image, image_size: int) -> Image.Image:
     return canvas
 
 
-def _normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -99,9 +99,9 @@ def encode_image(
     """(pixel_lo (3, s, s), pixel_hi (m, 3, s, s)), normalised with ``mean`` / ``std``."""
     if max_tiles < 1:
         raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
-    pixel_lo = _normalise(lowres_rgb(image, image_size), mean, std)
+    pixel_lo = normalise(lowres_rgb(image, image_size), mean, std)
     tiles = highres_tiles(image, image_size, max_tiles)
-    pixel_hi = torch.stack([_normalise(tile, mean, std) for tile in tiles])  # (m, 3, s, s)
+    pixel_hi = torch.stack([normalise(tile, mean, std) for tile in tiles])  # (m, 3, s, s)
     return pixel_lo, pixel_hi
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vlsa.config import EncodingConfig
 from vlsa.model.anyres import AnyResEncoder
-from vlsa.model.encoding import CompressiveEncoder, _check_image, _normalise, vision_norm
+from vlsa.model.encoding import CompressiveEncoder, _check_image, normalise, vision_norm
 
 
 def square_pad(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
@@ -38,7 +38,7 @@ class SquarePadEncoder:
         _check_image(image)
         s = self.image_size
         rgb = np.asarray(square_pad(image, self.colour).resize((s, s), Image.BICUBIC), dtype=np.uint8)
-        lo = _normalise(rgb, self.mean, self.std)
+        lo = normalise(rgb, self.mean, self.std)
         return lo, lo[None]
 
     def num_tiles(self, width: int, height: int) -> int:
