@@ -140,8 +140,10 @@ BF16_VQ_AGREEMENT = 0.99
 """Share of VQ positions whose index the labels must keep when the VAE runs in bf16 (the VQ-VAE in fp32)."""
 BF16_VQ_ENCODER_AGREEMENT = 0.97
 """The same with the VQ-VAE encoder in bf16 too (``label.vq_precision=bf16``): measured 98.24% here (72 of
-4,096 flipped), below the 99% goal, whichever single part stays fp32 (``test_bf16_vq_flips_by_encoder_part``);
-``label.vq_precision=fp16`` meets it (below)."""
+4,096 flipped), below the 99% goal, whichever single part stays fp32 (``test_bf16_vq_flips_by_encoder_part``).
+A briefly trained tiny VQ-VAE, whose latents sit closer to their codes, does not reach it either: 96.95-97.44%
+over three training seeds (``test_bf16_vq_encoder_agreement_on_a_briefly_trained_vq_vae``).
+``label.vq_precision=fp16`` meets it on both (below)."""
 BF16_LATENT_REL_L2 = 0.03
 """Bound on ||z_bf16 - z_fp32|| / ||z_fp32|| over the test images' VAE latents (measured 1.9%)."""
 BF16_LATENT_MAX_ABS = 0.25
@@ -239,6 +241,99 @@ def test_fp16_vq_encoder_keeps_99_percent_of_the_indices(bf16_case):
     rel = float((z16 - z32).norm() / z32.norm())
     print(f"fp16 VQ encoder: {same.mean():.4f} of {same.size} positions agree, latent relative L2 {rel:.5f}")
     assert z16.dtype == torch.float32 and 0 < rel <= FP16_VQ_LATENT_REL_L2  # > 0: the encoder really ran in fp16
+
+
+TRAINED_VQ_STEPS = 600
+"""Adam steps (batches of 32) of the briefly trained tiny VQ-VAE: about 80 s of one CPU thread."""
+BF16_TRAINED_VQ_AGREEMENT = 0.96
+"""Share of the VQ indices bf16 keeps with the briefly trained tiny VQ-VAE: measured 96.95-97.44% (seeds 0-2, one
+and two torch threads, whose training differs in the last bits), below the 99% goal; the bound leaves room for
+that spread (one flip is 0.024%)."""
+
+
+def _training_images(decode, seed: int) -> list[Image.Image]:
+    """256 images like the test images but not them: 224 generated JPEGs (another seed) and 32 noise images."""
+    from vlsa.bench.label import jpeg_images
+
+    rng = np.random.default_rng(100 + seed)
+    images = [decode_image(b, decode) for b in jpeg_images(224, 48, 36, seed=1 + seed)]
+    sizes = rng.integers(16, 80, (32, 2))
+    return [*images, *(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes)]
+
+
+def _trained_vq(cache_dir: str, images, folder, seed: int) -> tuple[str, float, float]:
+    """The tiny VQ-VAE trained as VQ-VAEs are, saved: pixel MSE plus the codebook and commitment loss
+    ``VQModel`` returns (straight-through gradients), from the random-init encoder with its codebook fitted by
+    k-means to ``images`` (saved in ``folder / "start"``). Returns the folder and the commitment loss on ``images``
+    before and after training."""
+    from vlsa.model.builder import build_vq
+
+    cfg = label_config(cache_dir)
+    x = to_unit_range(np.stack([prepare(im, LabelGeometry.from_config(cfg)).vq_rgb for im in images]))
+    start = _fitted_vq(cfg, images, folder / "start")
+    vq = build_vq(label_config(cache_dir, f"model.vq.path={start}"))
+    commit_before = _commitment_loss(vq, x)
+    vq.train().requires_grad_(True)
+    optimizer = torch.optim.Adam(vq.parameters(), lr=1e-3)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(TRAINED_VQ_STEPS):
+        batch = x[torch.randperm(len(x), generator=order)[:32]]
+        out = vq(batch)
+        loss = torch.nn.functional.mse_loss(out.sample, batch) + out.commit_loss.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vq.eval().requires_grad_(False)
+    vq.save_pretrained(folder / "trained")
+    return str(folder / "trained"), commit_before, _commitment_loss(vq, x)
+
+
+@torch.no_grad()
+def _commitment_loss(vq, x: torch.Tensor) -> float:
+    """``VQModel``'s codebook + commitment loss (1.25 x mean squared latent-to-code distance) over ``x``."""
+    return float(torch.stack([vq(x[i : i + 64]).commit_loss.mean() for i in range(0, len(x), 64)]).mean())
+
+
+def _code_distance_ratio(cfg, images) -> torch.Tensor:
+    """(distance to the nearest code) / (distance to the second nearest) at every VQ position, fp32: near 1, a
+    position is close to a tie and any rounding may flip it."""
+    from vlsa.labels.compute import LabelComputer
+
+    computer = LabelComputer(cfg, device="cpu", precision="fp32")
+    x = to_unit_range(np.stack([prepare(image, computer.geometry).vq_rgb for image in images]))
+    step = cfg.label.batch_size
+    z = torch.cat([computer.vq_latents(x[i : i + step]) for i in range(0, len(x), step)])
+    nearest = torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), computer.codebook).topk(2, largest=False)
+    return nearest.values[:, 0] / nearest.values[:, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bf16_vq_encoder_agreement_on_a_briefly_trained_vq_vae(bf16_case, cache_dir, tmp_path, seed):
+    """The tiny VQ-VAE trained for TRAINED_VQ_STEPS on other images (a proxy for a trained tokenizer; the k-means
+    codebook above is its starting point): prints the fp16 / bf16 agreement with fp32 on the test images before and
+    after training (the table in docs/benchmarks.md). Training brings the latents closer to their codes, yet bf16
+    stays below 99%; fp16 keeps its 99%."""
+    from vlsa.labels.compute import LabelComputer
+
+    cfg, images, _ = bf16_case
+    trained, *commit = _trained_vq(cache_dir, _training_images(cfg.label.decode, seed), tmp_path, seed)
+    figures = {}
+    for name, folder in (("k-means start", tmp_path / "start"), ("trained", trained)):
+        case = label_config(cache_dir, f"model.vq.path={folder}")
+        full = LabelComputer(case, device="cpu", precision="fp32").label(images)
+        agree = {p: _vq_agreement(full, LabelComputer(case, device="cpu", precision="fp32", vq_precision=p)
+                                  .label(images)).mean() for p in ("fp16", "bf16")}
+        ratio = _code_distance_ratio(case, images)
+        figures[name] = (agree["fp16"], agree["bf16"], float(ratio.mean()))
+        print(f"seed {seed} {name:<14} fp16 {agree['fp16']:.2%}  bf16 {agree['bf16']:.2%}  nearest/second-nearest "
+              f"code distance mean {ratio.mean():.3f}, above 0.95 at {(ratio > 0.95).double().mean():.1%} of positions")
+    print(f"seed {seed} commitment loss on the training images {commit[0]:.5f} -> {commit[1]:.5f} "
+          f"({TRAINED_VQ_STEPS} steps)")
+    fp16, bf16, ratio = figures["trained"]
+    assert ratio < figures["k-means start"][2] and commit[1] < commit[0]  # the latents moved towards their codes
+    assert fp16 >= FP16_VQ_AGREEMENT
+    assert BF16_TRAINED_VQ_AGREEMENT <= bf16 < 1.0  # < 1: ran in bf16
 
 
 def test_an_fp16_overflow_is_an_error_not_arbitrary_codes(label_cfg):
