@@ -28,9 +28,11 @@ def small_overrides(demo, cache_dir: str, *, workers: int, labels: str, steps: i
                       f"train.stages.{i}.data.train={train}"]
     instruct = max(data)
     overrides += [f"train.stages.{instruct}.data.labels={labels}"] if labels else []
-    # SSFT turns in most samples (the preset's 0.1 may draw none in a dozen samples): their targets and
-    # coverage metrics are then part of every run
-    overrides += [f"train.stages.{instruct}.data.ssft.p_vq=0.5", f"train.stages.{instruct}.data.ssft.p_px=0.5"]
+    # SSFT turns in most samples (the preset's 0.1 may draw none in a dozen samples), with room for their
+    # targets and the sequences around them (with the preset's 16 target tokens and 384-token sequences no
+    # pixel turn of these samples fitted): their targets and coverage metrics are then part of every run
+    overrides += [f"train.stages.{instruct}.data.ssft.p_vq=0.5", f"train.stages.{instruct}.data.ssft.p_px=0.5",
+                  f"train.stages.{instruct}.data.ssft.max_target_tokens=64", "model.llm.max_length=512"]
     if not stage2_only:
         overrides += ["train.stages.0.lr={projector: 1.0e-2, epigone: 1.0e-2, denoiser: 1.0e-2}"]
     return overrides
