@@ -49,7 +49,7 @@ def tower_dir(cfg: Config, root: Path) -> Path:
     vision = cfg.model.vision
     depends = {"vision": {"kind": vision.kind, "init": vision.init, "select_layer": vision.select_layer},
                "seed": cfg.model.seed, "train_seed": cfg.train.seed, "tokenizer": asdict(cfg.model.tokenizer),
-               "demo": asdict(cfg.demo), "drawing": DRAWING}
+               "sides": [cfg.demo.min_side, cfg.demo.max_side], "tower": asdict(cfg.demo.tower), "drawing": DRAWING}
     key = hashlib.sha256(json.dumps(depends, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return root / "towers" / f"{vision.kind}-{key}"
 

@@ -135,9 +135,8 @@ def forget_ray_checkpoints(run: str) -> bool:
     try:
         snapshot = json.loads(storage.read_bytes(path))
     except ValueError:  # cut short: it named no checkpoint of ours anyway
-        snapshot = {"unreadable": True}
-    if not (snapshot.get("checkpoint_results") or snapshot.get("latest_checkpoint_result")
-            or snapshot.get("unreadable")):
+        snapshot = None
+    if snapshot is not None and not (snapshot.get("checkpoint_results") or snapshot.get("latest_checkpoint_result")):
         return False
     filesystem, fs_path = storage.pyarrow_filesystem(path)
     if filesystem is None:
