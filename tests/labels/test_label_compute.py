@@ -208,6 +208,33 @@ def test_bf16_vae_stays_within_the_stated_tolerance_of_fp32(bf16_case):
     assert np.abs(z16 - z32).max() <= BF16_LATENT_MAX_ABS * z32.std()
 
 
+def test_bf16_vae_loads_in_its_dtype_without_a_cast_warning(bf16_case):
+    """The VAE loads in the label precision, as diffusers asks: casting it with ``.to(dtype)`` printed diffusers'
+    warning about modules kept in fp32 (this class has none) on every labeling actor."""
+    import logging
+
+    from vlsa.labels.compute import LabelComputer
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    cfg, _, _ = bf16_case
+    records = Records()
+    library = logging.getLogger("diffusers")  # diffusers' loggers do not propagate to the root logger
+    library.addHandler(records)
+    try:
+        computer = LabelComputer(cfg, device="cpu", precision="bf16")
+    finally:
+        library.removeHandler(records)
+    assert computer.vae.dtype == torch.bfloat16 and computer.vq.quant_conv.weight.dtype == torch.float32
+    assert not [m for m in records.messages if "kept in float32" in m], records.messages
+
+
 def test_bf16_vq_encoder_agreement_is_bounded(bf16_case):
     from vlsa.labels.compute import LabelComputer
 

@@ -118,14 +118,15 @@ class LabelComputer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.geometry = LabelGeometry.from_config(cfg)
         self.batch_size = cfg.label.batch_size
-        self.dtype = _DTYPES[precision or cfg.label.precision]  # the VAE's
+        precision = precision or cfg.label.precision  # the VAE's
+        self.dtype = _DTYPES[precision]
         self.vq_dtype = _DTYPES[vq_precision or cfg.label.vq_precision]
         vq = build_vq(cfg)
         # the nearest-code search runs in fp32 against the exact codebook, whatever the encoder's dtype
         self.codebook = vq.quantize.embedding.weight.detach().float().to(self.device)  # (K, D)
         vq.encoder.to(self.vq_dtype)  # only the encoder: quant_conv keeps its exact fp32 weights (see vq_latents)
         self.vq = vq.to(self.device)
-        self.vae = build_vae(cfg).to(self.device, self.dtype)
+        self.vae = build_vae(cfg, dtype=precision).to(self.device)
         self.shift = float(self.vae.config.shift_factor or 0.0)  # SD1/2-style VAEs have no shift
         self.scale = float(self.vae.config.scaling_factor)
         self.model_seconds = 0.0

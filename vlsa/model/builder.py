@@ -156,7 +156,7 @@ def _from_config(cls: type, source: str, subfolder: str, load_kwargs: dict[str, 
     kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
     dtype = load_kwargs.get("torch_dtype", load_kwargs.get("dtype"))
     if _is_diffusers(cls):
-        return cls.from_config(cls.load_config(source, **kwargs)).to(dtype)
+        return _cast(cls.from_config(cls.load_config(source, **kwargs)), dtype)
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source, **kwargs)
@@ -165,6 +165,17 @@ def _from_config(cls: type, source: str, subfolder: str, load_kwargs: dict[str, 
     if getattr(cls, "config_class", None) is None:  # an Auto* class picks the model class from the config
         return cls.from_config(config, dtype=dtype)
     return cls._from_config(config, dtype=dtype)
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model.to(dtype)`` for a diffusers model built from its config.
+
+    diffusers' ``to`` warns on any dtype about modules that must stay fp32, even when a class lists none (every
+    rank would print it); such a class keeps the warning, and with it the advice to load in that dtype.
+    """
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return model.to(dtype)
+    return torch.nn.Module.to(model, dtype)
 
 
 def _from_pretrained(cls: type, source: str, subfolder: str, kwargs: dict[str, Any]) -> Any:
@@ -240,11 +251,15 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def build_vae(cfg: Config):
-    """The frozen SD3-style ``AutoencoderKL`` of the reconstruction target (eval mode, no gradients)."""
+def build_vae(cfg: Config, dtype: str | None = None):
+    """The frozen SD3-style ``AutoencoderKL`` of the reconstruction target (eval mode, no gradients).
+
+    ``dtype`` (``fp32`` / ``bf16``) overrides ``model.recon.vae.dtype``: the weights load in it, as diffusers
+    asks, rather than being cast with ``.to(dtype)`` afterwards (which warns on every labeling actor).
+    """
     from diffusers import AutoencoderKL
 
-    part = cfg.model.recon.vae
+    part = dataclasses.replace(cfg.model.recon.vae, dtype=dtype) if dtype else cfg.model.recon.vae
     return _frozen(load_component(part, AutoencoderKL, name="vae", cache_dir=cfg.model.cache_dir, seed=cfg.model.seed))
 
 
