@@ -555,7 +555,9 @@ class LabelConfig:
     vq_precision: str = "fp32"
     """``fp32``, ``fp16`` or ``bf16``: dtype of the VQ-VAE encoder (its ``quant_conv`` and the nearest-code search stay
     fp32). fp16 keeps >= 99% of the fp32 indices on the test images (99.76% of 4,096 measured); bf16 does not (98.2%):
-    every bf16 convolution's rounding flips near-tied codes, so keeping only the last parts fp32 does not help."""
+    every bf16 convolution's rounding flips near-tied codes, so keeping only the last parts fp32 does not help. On an
+    Ampere or newer GPU ``fp32`` runs the convolutions in TF32 (PyTorch's default ``torch.backends.cudnn.allow_tf32``):
+    99.95% of exact fp32's indices with that rounding simulated (docs/benchmarks.md)."""
     write_ahead: int = 1
     """Shards an actor may hold waiting for their upload while it labels the next (0: write in line)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
