@@ -76,6 +76,9 @@ def test_flops(capsys, cache_dir):
     assert set(r["step_flops_by_part"]["anyres"]) == {"vision", "projector", "llm"}
     assert sum(r["step_flops_by_part"]["vlsa"].values()) == pytest.approx(steps["vlsa"])
     assert 0 < r["prefill_flops_per_image"]["vlsa"] < r["prefill_flops_per_image"]["anyres"]
+    label = r["label_flops_per_image"]
+    assert positive(label["vq"]) and positive(label["vae"]) and label["total"] == pytest.approx(sum(
+        label[k] for k in ("vq", "codebook_search", "vae")))
 
 
 def test_step(suite):
@@ -120,6 +123,9 @@ def test_label(suite):
     assert r["settings"]["images"] == 4
     for mode in ("inline", "background"):
         assert 0 < r["actor_busy_fraction"][mode] <= 1 and positive(r["actor_images_per_s"][mode])
+    assert positive(r["flops_per_image"]["total"])
+    assert r["achieved_flops"] == pytest.approx(r["flops_per_image"]["total"] * r["device_images_per_s"])
+    assert r["peak_flops"] is r["images_per_s_bound"] is r["flop_utilisation"] is None  # no listed peak on a CPU
 
 
 def test_label_row(capsys, cache_dir):
@@ -192,6 +198,7 @@ def test_suite_writes_every_benchmark_to_one_json(suite):
     assert (s["step_ratio_goal"], s["mfu_goal"]) == (0.35, 0.45)
     assert s["memory_gib"] == r["step"]["memory"] and positive(s["memory_gib"]["vlsa"]["resident_gib"])
     assert s["label_images_per_s"] == r["label"]["images_per_s"] and len(s["latency_ratios"]) == 2
+    assert s["label_images_per_s_bound"] is None  # on a GPU of listed peak: the labeling benchmark's bound
     assert s["total_seconds"] == pytest.approx(sum(r["seconds"].values()))
     assert r["benchmark"] == "suite" and r["machine"]["device"] == "cpu"
     assert r["settings"]["command"].startswith("python -m vlsa.bench suite ")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlsa.bench.device import describe
+from vlsa.bench.device import describe, table_peak
+from vlsa.bench.label_flops import images_per_s_bound, label_flops
 from vlsa.bench.report import Report, table
 from vlsa.config import Config
 from vlsa.io.image import decode_image
@@ -78,6 +79,7 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
              for mode, pending in (("inline", 0), ("background", max(1, cfg.label.write_ahead)))}
     metrics["actor_busy_fraction"] = {mode: a["busy_fraction"] for mode, a in actor.items()}
     metrics["actor_images_per_s"] = {mode: a["images_per_s"] for mode, a in actor.items()}
+    metrics |= flop_figures(cfg, device, metrics["device_images_per_s"])
     settings = {"preset": cfg.preset, "images": n, "image_size": f"{width}x{height} JPEG",
                 "batch_size": cfg.label.batch_size, "vq_image_size": side,
                 "recon_image_size": cfg.model.recon.image_size, "device": device.type,
@@ -85,12 +87,36 @@ def run(cfg: Config, device: torch.device, out_dir: str) -> Report:
                 "writes_to": "local disk (Parquet)", "threads": torch.get_num_threads()}
     rows = [[k, f"{v * 1e3:.2f} ms"] for k, v in metrics["seconds_per_image"].items()]
     lines = [f"images/s end to end {metrics['images_per_s']:.2f}; model calls alone "
-             f"{metrics['device_images_per_s']:.2f}; device busy {metrics['busy_fraction']:.1%} of the time", ""]
+             f"{metrics['device_images_per_s']:.2f}; device busy {metrics['busy_fraction']:.1%} of the time",
+             *_flop_lines(metrics), ""]
     lines += table(["stage", "per image"], rows)
     lines += ["", "labeling actor loop (decoding elsewhere), shards written as Parquet:", ""]
     lines += table(["writes", "images/s", "busy"], [[mode, f"{a['images_per_s']:.2f}", f"{a['busy_fraction']:.1%}"]
                                                    for mode, a in actor.items()])
     return Report("label", metrics, settings, describe(device), lines)
+
+
+def flop_figures(cfg: Config, device: torch.device, device_images_per_s: float) -> dict:
+    """FLOPs per image, the rate the model calls achieved, and on a GPU of known peak the images/s bound and
+    the share of the peak used (None elsewhere)."""
+    flops = label_flops(cfg)
+    achieved = flops["total"] * device_images_per_s
+    peak = table_peak(device)
+    return {"flops_per_image": flops, "achieved_flops": achieved,
+            "peak_flops": peak[0] if peak else None, "peak_source": peak[1] if peak else None,
+            "images_per_s_bound": images_per_s_bound(flops["total"], peak[0]) if peak else None,
+            "flop_utilisation": achieved / peak[0] if peak else None}
+
+
+def _flop_lines(m: dict) -> list[str]:
+    f = m["flops_per_image"]
+    lines = [f"{f['total'] / 1e9:.3f} GFLOP per image (VQ-VAE encoder {f['vq'] / 1e9:.3f}, nearest-code search "
+             f"{f['codebook_search'] / 1e9:.3f}, VAE encoder {f['vae'] / 1e9:.3f}): the model calls ran at "
+             f"{m['achieved_flops'] / 1e12:.3f} TFLOP/s"]
+    if m["peak_flops"]:
+        lines.append(f"{m['flop_utilisation']:.1%} of the {m['peak_source']}; at that peak no labeling exceeds "
+                     f"{m['images_per_s_bound']:.0f} images/s")
+    return lines
 
 
 def prepare_all(computer, blobs: list[bytes], cfg: Config) -> list:

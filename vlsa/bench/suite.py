@@ -65,6 +65,7 @@ def summary(sections: dict[str, dict], seconds: dict[str, float]) -> dict:
         "mfu": mfu["mfu"], "mfu_goal": GOALS["mfu"], "mfu_peak_source": mfu["peak_source"],
         "memory_gib": step["memory"], "process_peak_gib": step["process_peak_gib"],
         "label_images_per_s": sections["label"]["images_per_s"],
+        "label_images_per_s_bound": sections["label"]["images_per_s_bound"],
         "latency_ratios": [row["ratio"] for row in sections["latency"]["rows"]],
         "total_seconds": sum(seconds.values()),
     }
@@ -77,5 +78,7 @@ def _lines(s: dict, path: Path) -> list[str]:
             f"{s['flop_ratio']:.3f})",
             f"MFU of the VLSA step {s['mfu']:.1%} of {s['mfu_peak_source']} (goal >= {s['mfu_goal']:.0%})",
             f"memory per variant (peak alone on CUDA, resident on CPU): {memory}",
-            f"labeling {s['label_images_per_s']:.2f} images/s; prefill latency ratios {s['latency_ratios']}",
+            f"labeling {s['label_images_per_s']:.2f} images/s"
+            + (f" (the device's peak allows {s['label_images_per_s_bound']:.0f})" if s["label_images_per_s_bound"] else "")
+            + f"; prefill latency ratios {s['latency_ratios']}",
             f"all four in {s['total_seconds']:.1f} s; every report in {path}"]
