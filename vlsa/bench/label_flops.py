@@ -21,10 +21,11 @@ def _meta(cls, config: dict):
         return cls.from_config(config).eval()
 
 
-def _counted(fn, x: torch.Tensor) -> int:
+def _counted(fn, side: int) -> tuple[int, torch.Tensor]:
+    """(FLOPs, output) of ``fn`` on one meta image of ``side`` x ``side`` pixels."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        fn(x)
-    return counter.get_total_flops()
+        out = fn(torch.empty(1, 3, side, side, device="meta"))
+    return counter.get_total_flops(), out
 
 
 def label_flops(cfg: Config) -> dict[str, float]:
@@ -33,14 +34,13 @@ def label_flops(cfg: Config) -> dict[str, float]:
 
     vq = _meta(VQModel, component_config(cfg.model.vq, "model.vq"))
     vae = _meta(AutoencoderKL, component_config(cfg.model.recon.vae, "model.recon.vae"))
-    side, recon = cfg.model.vq_image_size, cfg.model.recon.image_size
-    latents = vq.quant_conv(vq.encoder(torch.empty(1, 3, side, side, device="meta")))  # (1, D, h, w), on meta
-    positions = latents.shape[2] * latents.shape[3]
+    encoder, latents = _counted(lambda x: vq.quant_conv(vq.encoder(x)), cfg.model.vq_image_size)  # (1, D, h, w)
     codes, dim = vq.quantize.embedding.weight.shape
     counts = {
-        "vq": _counted(lambda x: vq.quant_conv(vq.encoder(x)), torch.empty(1, 3, side, side, device="meta")),
-        "codebook_search": 2 * positions * codes * dim,  # the distance matrix's products; its norms are O(N + K)
-        "vae": _counted(lambda x: vae.encode(x), torch.empty(1, 3, recon, recon, device="meta")),
+        "vq": encoder,
+        # the distance matrix's products, positions x codes x dim; its norms are O(positions + codes)
+        "codebook_search": 2 * latents.shape[2] * latents.shape[3] * codes * dim,
+        "vae": _counted(vae.encode, cfg.model.recon.image_size)[0],
     }
     return {k: float(v) for k, v in counts.items()} | {"total": float(sum(counts.values()))}
 
